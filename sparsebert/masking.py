@@ -1,0 +1,229 @@
+"""The one mask mechanism: ``torch.nn.utils.parametrize`` on each prunable weight.
+
+``module.weight`` becomes ``original * mask`` computed on access; the stored weight stays in
+``module.parametrizations.weight.original``. Two parametrizations share this file:
+
+* :class:`FixedMask` — a fixed binary mask (OMP, random, IMP, fine-tuning, evaluation).
+* :class:`ScoreMask` — TAMT's trainable real-valued scores, binarized in the forward pass (threshold ``S > tau``
+  or exact top-k) with a straight-through gradient to the scores.
+
+A word-embedding mask also applies to a decoder tied to it (an MLM head), so the masked model and its baked export
+compute the same function. :func:`bake` removes the parametrizations leaving the pruned weights at exactly zero: the
+result is a plain Hugging Face model that ``save_pretrained``/``from_pretrained`` round-trip.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from .registry import prunable_modules
+from .ticket import Ticket, validate_masks
+
+
+class FixedMask(nn.Module):
+    """weight -> weight * mask, mask fixed (kept in the weight's dtype so the product needs no conversion)."""
+
+    def __init__(self, mask: torch.Tensor, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.register_buffer("mask", mask.to(dtype), persistent=False)
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight * self.mask
+
+    def binary_mask(self) -> torch.Tensor:
+        return self.mask.bool()
+
+
+class _StraightThroughThreshold(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, scores: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+        return (scores > threshold).to(scores.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad, None
+
+
+class _StraightThroughTopK(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, scores: torch.Tensor, n_kept: int) -> torch.Tensor:
+        out = torch.zeros_like(scores)
+        if n_kept > 0:
+            idx = torch.topk(scores.flatten(), n_kept, sorted=False).indices
+            out.view(-1)[idx] = 1.0
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad, None
+
+
+def num_pruned(numel: int, sparsity: float) -> int:
+    """Weights removed from a matrix of ``numel`` at ``sparsity``: ``round(sparsity * numel)`` (the rule of
+    ``torch.nn.utils.prune``); every pruning method and TAMT's threshold reset use this one rule."""
+    return int(round(sparsity * numel))
+
+
+BinarizerKind = Literal["threshold", "topk"]
+
+
+class ScoreMask(nn.Module):
+    """TAMT: weight -> weight * 1[S > tau] (or top-k of S), straight-through gradient dL/dS := dL/dM.
+
+    ``tau`` is a per-matrix buffer; :meth:`reset_threshold` sets it to the k-th smallest score (k = pruned count)
+    so the matrix is exactly at ``sparsity`` again (the reference does this every K steps and before every save).
+    With ``binarizer="topk"`` the mask is the exact top-(n-k) of the scores at every step.
+    """
+
+    def __init__(
+        self,
+        init_mask: torch.Tensor,
+        sparsity: float,
+        binarizer: BinarizerKind = "threshold",
+        kept_score: float = 0.02,
+        pruned_score: float = 0.0,
+        threshold: float = 0.01,
+    ):
+        super().__init__()
+        scores = torch.where(init_mask.bool(), kept_score, pruned_score).to(torch.float32)
+        self.scores = nn.Parameter(scores)
+        self.register_buffer("threshold", torch.tensor(float(threshold)))
+        self.sparsity = float(sparsity)
+        self.binarizer = binarizer
+        self.n_kept = init_mask.numel() - num_pruned(init_mask.numel(), sparsity)
+
+    def mask_values(self) -> torch.Tensor:
+        if self.binarizer == "topk":
+            return _StraightThroughTopK.apply(self.scores, self.n_kept)
+        return _StraightThroughThreshold.apply(self.scores, self.threshold)
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight * self.mask_values().to(weight.dtype)
+
+    @torch.no_grad()
+    def reset_threshold(self) -> None:
+        k = self.scores.numel() - self.n_kept
+        if k <= 0:
+            self.threshold.fill_(float("-inf"))
+        else:
+            self.threshold.copy_(torch.kthvalue(self.scores.detach().flatten().float(), k).values)
+
+    @torch.no_grad()
+    def binary_mask(self) -> torch.Tensor:
+        return self.mask_values().bool()
+
+
+MaskParam = FixedMask | ScoreMask
+
+
+def _tied_decoders(model: nn.Module, embedding: nn.Module) -> list[nn.Module]:
+    """Output layers whose weight is the very Parameter of ``embedding`` (an MLM decoder tied to it)."""
+    from .registry import weight_of
+
+    target = weight_of(embedding)
+    out = []
+    for mod in model.modules():
+        if mod is embedding or not isinstance(mod, nn.Linear):
+            continue
+        if weight_of(mod) is target:
+            out.append(mod)
+    return out
+
+
+def _register(model: nn.Module, masks_params: dict[str, MaskParam]) -> None:
+    modules = prunable_modules(model)
+    for key, param in masks_params.items():
+        module = modules[key]
+        tied = _tied_decoders(model, module) if isinstance(module, nn.Embedding) else []
+        parametrize.register_parametrization(module, "weight", param)
+        for dec in tied:
+            parametrize.register_parametrization(dec, "weight", param)
+
+
+def weight_shapes(model: nn.Module) -> dict[str, torch.Size]:
+    from .registry import weight_of
+
+    return {k: weight_of(m).shape for k, m in prunable_modules(model).items()}
+
+
+def apply_masks(
+    model: nn.Module, masks: dict[str, torch.Tensor] | Ticket, *, zero_pruned: bool = False
+) -> nn.Module:
+    """Register a :class:`FixedMask` on every prunable weight. ``masks`` must name exactly the model's prunable
+    weights with matching shapes (a :class:`~sparsebert.ticket.TicketError` otherwise).
+
+    ``zero_pruned=True`` also zeroes the pruned entries of the stored weights (fine-tuning: the surviving weights
+    start from the pre-trained values, pruned ones are zero everywhere, not only in the forward pass).
+    """
+    if isinstance(masks, Ticket):
+        masks = masks.masks
+    if has_masks(model):
+        raise ValueError("model already has masks applied: call remove_masks() first")
+    validate_masks(masks, weight_shapes(model))
+    from .registry import weight_of
+
+    modules = prunable_modules(model)
+    params = {}
+    for key, m in masks.items():
+        w = weight_of(modules[key])
+        params[key] = FixedMask(m.to(w.device), dtype=w.dtype)
+        if zero_pruned:
+            with torch.no_grad():
+                w.mul_(params[key].mask)
+    _register(model, params)
+    return model
+
+
+def apply_score_masks(
+    model: nn.Module,
+    init_masks: dict[str, torch.Tensor],
+    sparsity: float,
+    binarizer: BinarizerKind = "threshold",
+) -> dict[str, ScoreMask]:
+    """Register TAMT :class:`ScoreMask` parametrizations initialised from ``init_masks``; returns them by key."""
+    if has_masks(model):
+        raise ValueError("model already has masks applied: call remove_masks() first")
+    validate_masks(init_masks, weight_shapes(model))
+    params = {k: ScoreMask(m, sparsity, binarizer) for k, m in init_masks.items()}
+    for p in params.values():
+        p.reset_threshold()
+    _register(model, params)
+    return params
+
+
+def mask_params(model: nn.Module) -> dict[str, MaskParam]:
+    """Mask key -> the registered mask parametrization (empty if the model is dense)."""
+    out = {}
+    for key, module in prunable_modules(model).items():
+        if parametrize.is_parametrized(module, "weight"):
+            out[key] = module.parametrizations.weight[0]
+    return out
+
+
+def has_masks(model: nn.Module) -> bool:
+    return bool(mask_params(model))
+
+
+def current_masks(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's current binary masks (bool, on CPU), by key."""
+    return {k: p.binary_mask().cpu() for k, p in mask_params(model).items()}
+
+
+def remove_masks(model: nn.Module, *, bake: bool) -> nn.Module:
+    """Remove every mask parametrization. ``bake=True`` leaves the masked values (pruned weights exactly zero)
+    in the stored weights; ``bake=False`` restores the stored (unmasked) weights."""
+    for module in list(model.modules()):
+        if parametrize.is_parametrized(module, "weight") and isinstance(
+            module.parametrizations.weight[0], (FixedMask, ScoreMask)
+        ):
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=bake)
+    return model
+
+
+def bake(model: nn.Module) -> nn.Module:
+    """Make the masks permanent: a plain model whose pruned weights are exactly zero."""
+    return remove_masks(model, bake=True)

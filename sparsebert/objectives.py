@@ -1,0 +1,71 @@
+"""Pre-training objectives: MLM (decoder on masked positions only), KD against the dense teacher, and both.
+
+KD (SPEC.md): mean over the L layer outputs (embedding output excluded) of the mean over tokens of
+``1 - cos(h_student, h_teacher)``; padding tokens are excluded from the token mean.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+
+class Objective(str, enum.Enum):
+    MLM = "mlm"
+    KD = "kd"
+    MLM_KD = "mlm_kd"
+
+    @property
+    def uses_mlm(self) -> bool:
+        return self in (Objective.MLM, Objective.MLM_KD)
+
+    @property
+    def uses_kd(self) -> bool:
+        return self in (Objective.KD, Objective.MLM_KD)
+
+
+@dataclass
+class ObjectiveConfig:
+    objective: Objective = field(default=Objective.KD, metadata={"help": "mlm | kd | mlm_kd"})
+    mlm_weight: float = field(default=1.0, metadata={"help": "weight of the MLM loss in mlm_kd"})
+    kd_weight: float = field(default=1.0, metadata={"help": "weight of the KD loss in mlm_kd"})
+    mlm_probability: float = field(default=0.15, metadata={"help": "fraction of tokens selected for MLM"})
+
+    def __post_init__(self) -> None:
+        self.objective = Objective(self.objective)
+
+
+def mlm_loss_from_hidden(model, last_hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over masked positions only (labels == -100 elsewhere)."""
+    sel = labels != -100
+    logits = model.mlm_logits(last_hidden[sel])
+    return F.cross_entropy(logits.float(), labels[sel])
+
+
+def mlm_sums(model, last_hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(sum of token cross-entropies, number of masked tokens): for token-weighted evaluation."""
+    sel = labels != -100
+    logits = model.mlm_logits(last_hidden[sel])
+    return F.cross_entropy(logits.float(), labels[sel], reduction="sum"), int(sel.sum())
+
+
+def kd_loss(
+    student_hidden: tuple[torch.Tensor, ...],
+    teacher_hidden: tuple[torch.Tensor, ...],
+    attention_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mean over layers (hidden_states[1:]) of the mean over real tokens of 1 - cosine similarity."""
+    if len(student_hidden) != len(teacher_hidden):
+        raise ValueError(f"student has {len(student_hidden)} hidden states, teacher {len(teacher_hidden)}")
+    losses = []
+    for hs, ht in zip(student_hidden[1:], teacher_hidden[1:]):
+        d = 1.0 - F.cosine_similarity(hs.float(), ht.float(), dim=-1)  # [B, T]
+        if attention_mask is None:
+            losses.append(d.mean())
+        else:
+            m = attention_mask.to(d.dtype)
+            losses.append((d * m).sum() / m.sum().clamp_min(1.0))
+    return torch.stack(losses).mean()

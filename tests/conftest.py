@@ -1,0 +1,35 @@
+"""Shared fixtures. Tests run with one torch thread (2-core machines: two busy threads per process are ~80x slower)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("SPARSEBERT_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def _need(path: Path) -> Path:
+    if not path.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"benchmark data missing in CI: {path}")
+        pytest.skip(f"benchmark data not found: {path} (set SPARSEBERT_SHARED_DATA)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data (real GLUE/SQuAD/WikiText files). Skips outside CI when absent; fails in CI."""
+    return _need(SHARED_DATA)
+
+
+@pytest.fixture(scope="session")
+def wikitext2_dir(shared_data) -> Path:
+    return _need(shared_data / "wikitext-2-raw")
