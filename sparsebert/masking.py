@@ -150,6 +150,16 @@ def weight_shapes(model: nn.Module) -> dict[str, torch.Size]:
     return {k: weight_of(m).shape for k, m in prunable_modules(model).items()}
 
 
+def _drop_absent_pooler(masks: dict[str, torch.Tensor], shapes: dict) -> dict[str, torch.Tensor]:
+    """Task models without a pooler (QA, MLM) ignore the ticket's pooler mask; every other name must match."""
+    if POOLER_KEY in masks and POOLER_KEY not in shapes:
+        return {k: v for k, v in masks.items() if k != POOLER_KEY}
+    return masks
+
+
+POOLER_KEY = "pooler.dense.weight"
+
+
 def apply_masks(
     model: nn.Module, masks: dict[str, torch.Tensor] | Ticket, *, zero_pruned: bool = False
 ) -> nn.Module:
@@ -163,6 +173,7 @@ def apply_masks(
         masks = masks.masks
     if has_masks(model):
         raise ValueError("model already has masks applied: call remove_masks() first")
+    masks = _drop_absent_pooler(masks, weight_shapes(model))
     validate_masks(masks, weight_shapes(model))
     from .registry import weight_of
 
