@@ -39,7 +39,7 @@ def evaluate_mlm(
     total, count, t0 = 0.0, 0, time.perf_counter()
     with eval_mode(model):
         for i in range(0, len(blocks), batch_size):
-            ids, labels = mask_tokens(blocks[i : i + batch_size], tokenizer, mlm_probability, generator=g)
+            ids, labels = mask_tokens(blocks[i : i + batch_size], tokenizer, generator=g, mlm_probability=mlm_probability)
             out = model(ids)
             s, c = mlm_sums(model, out.last_hidden_state, labels)
             total += float(s)

@@ -93,13 +93,15 @@ class IMP:
             yield batch
 
     def loss(self, ids: torch.Tensor, step: int):
-        ids, labels = mask_tokens(ids, self.tokenizer, self.cfg.mlm_probability, generator=step_generator(self.seed, step))
+        ids, labels = mask_tokens(
+            ids, self.tokenizer, generator=step_generator(self.seed, step), mlm_probability=self.cfg.mlm_probability
+        )
         from torch.nn.utils import parametrize
 
         with parametrize.cached():
             out = self.model(ids)
             loss = mlm_loss_from_hidden(self.model, out.last_hidden_state, labels)
-        return loss, {"train_mlm_loss": float(loss)}
+        return loss, {"train_mlm_loss": float(loss.detach())}
 
     def after_step(self, step: int) -> bool:
         if step % self.cfg.interval or self.round >= self.cfg.rounds():

@@ -106,11 +106,23 @@ class ScoreMask(nn.Module):
 
     @torch.no_grad()
     def reset_threshold(self) -> None:
+        """tau := the k-th smallest score, so that exactly n - k scores exceed it. Scores tied at tau (rows of
+        the embedding that no batch touched keep their init value exactly) would make ``S > tau`` drop a whole
+        tie group; the tied entries needed to fill the quota (currently kept ones first, then by index) are
+        raised by one ulp, so the mask is exact."""
         k = self.scores.numel() - self.n_kept
         if k <= 0:
             self.threshold.fill_(float("-inf"))
-        else:
-            self.threshold.copy_(torch.kthvalue(self.scores.detach().flatten().float(), k).values)
+            return
+        flat = self.scores.data.view(-1)
+        was_kept = self.mask_values().detach().view(-1) > 0
+        tau = torch.kthvalue(flat, k).values
+        self.threshold.copy_(tau)
+        deficit = self.n_kept - int((flat > tau).sum())
+        if deficit > 0:
+            tied = (flat == tau).nonzero().squeeze(1)
+            order = torch.argsort((~was_kept[tied]).to(torch.int8), stable=True)
+            flat[tied[order[:deficit]]] = torch.nextafter(tau, torch.tensor(float("inf")))
 
     @torch.no_grad()
     def binary_mask(self) -> torch.Tensor:

@@ -51,7 +51,7 @@ class HeadFit:
             yield b
 
     def loss(self, ids, step):
-        ids, labels = mask_tokens(ids, self.tokenizer, 0.15, generator=step_generator(self.cfg.seed, step))
+        ids, labels = mask_tokens(ids, self.tokenizer, generator=step_generator(self.cfg.seed, step))
         with torch.no_grad():
             self.model.base.eval()
             hidden = self.model(ids).last_hidden_state

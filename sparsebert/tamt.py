@@ -117,7 +117,8 @@ class TAMT:
     def loss(self, ids: torch.Tensor, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         oc, labels = self.cfg.objective, None
         if self.objective.uses_mlm:
-            ids, labels = mask_tokens(ids, self.tokenizer, oc.mlm_probability, generator=step_generator(self.seed, step))
+            g = step_generator(self.seed, step)
+            ids, labels = mask_tokens(ids, self.tokenizer, generator=g, mlm_probability=oc.mlm_probability)
         with parametrize.cached():  # each masked matrix (incl. the tied decoder) computed once per step
             out = self.model(ids, output_hidden_states=self.objective.uses_kd)
             parts: dict[str, torch.Tensor] = {}
@@ -131,7 +132,7 @@ class TAMT:
             loss = oc.mlm_weight * parts["mlm"] + oc.kd_weight * parts["kd"]
         else:
             (loss,) = parts.values()
-        return loss, {f"train_{k}_loss": float(v) for k, v in parts.items()}
+        return loss, {f"train_{k}_loss": float(v.detach()) for k, v in parts.items()}
 
     def after_step(self, step: int) -> bool:
         if self.cfg.binarizer == "threshold" and step % self.cfg.reset_every == 0:

