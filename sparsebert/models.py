@@ -160,9 +160,10 @@ def save_head(model: PretrainingModel, path: str | os.PathLike) -> Path:
 
 def tiny_model_dir(
     path: str | os.PathLike, model_type: str = "bert", vocab_size: int = 30522, hidden: int = 32,
-    layers: int = 2, heads: int = 2, intermediate: int = 64, seed: int = 0,
+    layers: int = 2, heads: int = 2, intermediate: int = 64, seed: int = 0, tokenizer_from: str | None = None,
 ) -> Path:
-    """Write a tiny randomly initialised BERT/RoBERTa (with an MLM head and pooler) as a local HF dir."""
+    """Write a tiny randomly initialised BERT/RoBERTa (with an MLM head and pooler) as a local HF dir;
+    ``tokenizer_from`` copies that model's tokenizer into it (so the dir is a complete model)."""
     from transformers import BertConfig, BertForMaskedLM, RobertaConfig, RobertaForMaskedLM
 
     torch.manual_seed(seed)
@@ -185,4 +186,6 @@ def tiny_model_dir(
     for k, v in base.pooler.state_dict().items():
         state[f"{model_type}.pooler.{k}"] = v
     mlm.save_pretrained(path, state_dict=state)
+    if tokenizer_from is not None:
+        load_tokenizer(tokenizer_from).save_pretrained(path)
     return path

@@ -1,0 +1,102 @@
+"""What every trainable shares: threads, config parsing, reporting to Tune with a checkpoint, resuming."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from ray import tune
+from ray.tune import Checkpoint
+
+from sparsebert.pipeline import EvalSpec, FinderSpec
+
+TRAIN_KEYS = {"lr", "weight_decay", "grad_clip", "warmup_steps", "schedule", "eval_every", "seed"}
+
+
+def setup_worker() -> float:
+    """One torch thread per trial CPU (Ray sets OMP_NUM_THREADS from the trial's resources); quiet HF."""
+    t0 = time.perf_counter()
+    n = int(os.environ.get("OMP_NUM_THREADS") or 1)
+    torch.set_num_threads(max(1, n))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return t0
+
+
+def finder_spec(config: dict[str, Any]) -> FinderSpec:
+    """The ticket spec of a trial: ``ticket`` (common fields) overlaid with ``variant`` (one grid point)."""
+    return FinderSpec.from_dict({**config.get("ticket", {}), **(config.get("variant") or {})})
+
+
+def eval_spec(config: dict[str, Any]) -> EvalSpec:
+    return EvalSpec(**(config.get("eval") or {}))
+
+
+def log_fn(prefix: str) -> Callable[[str], None]:
+    def log(msg: str) -> None:
+        print(f"[{prefix}] {msg}", file=sys.stderr, flush=True)
+
+    return log
+
+
+def reporter(extra: dict[str, Any], checkpoint_every: int = 1) -> Callable:
+    """The loop's ``report(metrics, write_checkpoint)`` -> ``tune.report`` with a checkpoint every N reports."""
+    count = {"n": 0}
+
+    def report(metrics: dict[str, Any], write: Callable[[Path], None]) -> None:
+        count["n"] += 1
+        row = {**extra, **{k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}}
+        if count["n"] % max(1, checkpoint_every) == 0:
+            with tempfile.TemporaryDirectory() as d:
+                write(Path(d))
+                tune.report(row, checkpoint=Checkpoint.from_directory(d))
+        else:
+            tune.report(row)
+
+    return report
+
+
+@contextlib.contextmanager
+def resume_dir():
+    """The directory of the trial's last checkpoint (None on a fresh start)."""
+    ckpt = tune.get_checkpoint()
+    if ckpt is None:
+        yield None
+        return
+    with ckpt.as_directory() as d:
+        yield Path(d)
+
+
+def ticket_columns(spec: FinderSpec, ticket_path: Path | None, metrics: dict[str, Any]) -> dict[str, Any]:
+    """The ticket's identity and proxy losses, attached to every row a trial reports."""
+    return {
+        "model": spec.model, "method": spec.method.value, "label": spec.label(), "sparsity": spec.sparsity,
+        "init": spec.init if spec.method.value == "tamt" else None,
+        "objective": spec.objective if spec.method.value == "tamt" else ("mlm" if spec.method.value == "imp" else None),
+        "steps": spec.steps if spec.method.value == "tamt" else (
+            round(spec.sparsity * 10) * spec.imp_interval if spec.method.value == "imp" else 0),
+        "ticket_seed": spec.seed, "ticket_id": spec.ticket_id,
+        "ticket_path": str(ticket_path) if ticket_path else None,
+        "mlm_loss": metrics.get("mlm_loss"), "kd_loss": metrics.get("kd_loss"),
+    }
+
+
+def split_transfer(config: dict[str, Any]):
+    """``transfer`` section -> (FinetuneConfig, TrainConfig)."""
+    from sparsebert.finetune import FinetuneConfig
+    from sparsebert.training import TrainConfig
+
+    t = dict(config.get("transfer") or {})
+    train_kw = {k: t.pop(k) for k in list(t) if k in TRAIN_KEYS}
+    known = {f.name for f in dataclasses.fields(FinetuneConfig)}
+    unknown = set(t) - known
+    if unknown:
+        raise ValueError(f"unknown transfer keys {sorted(unknown)}")
+    return FinetuneConfig(**t), TrainConfig(**train_kw)

@@ -1,0 +1,26 @@
+"""Pre-training evaluation as a Tune trainable: MLM and KD loss of a ticket (made if absent)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ray import tune
+
+from sparsebert.pipeline import SharedText, TicketStore, evaluate_ticket
+
+from .common import eval_spec, finder_spec, log_fn, setup_worker, ticket_columns
+
+
+def evaluate_trainable(config: dict[str, Any], shared: SharedText | None = None) -> None:
+    t0 = setup_worker()
+    spec = finder_spec(config)
+    es = eval_spec(config)
+    shared = shared or SharedText()
+    log = log_fn(f"evaluate {spec.label()} s={spec.sparsity}")
+    store = TicketStore(config["store"])
+    ticket, _ = store.get_or_make(spec, es, shared, log=log)
+    metrics = evaluate_ticket(ticket, spec, es, shared, log=log)
+    tune.report({"stage": "evaluate", "startup_s": time.perf_counter() - t0,
+                 **ticket_columns(spec, store.path(spec), metrics), **metrics})
+    return None

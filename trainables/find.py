@@ -1,0 +1,56 @@
+"""Ticket finding as a Tune trainable: OMP, random, IMP, TAMT-MLM/KD/MLM+KD (one spec per trial)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ray import tune
+
+from sparsebert.pipeline import SharedText, TicketStore
+
+from .common import eval_spec, finder_spec, log_fn, reporter, resume_dir, setup_worker, ticket_columns
+
+
+def find_trainable(config: dict[str, Any], shared: SharedText | None = None) -> None:
+    t0 = setup_worker()
+    spec = finder_spec(config)
+    store = TicketStore(config["store"])
+    base = {"stage": "find", **ticket_columns(spec, None, {})}
+    log = log_fn(f"find {spec.label()} s={spec.sparsity}")
+    first = {"startup_s": None}
+    to_tune = reporter(base, config.get("checkpoint_every", 1))
+
+    def report(metrics, write):
+        if first["startup_s"] is None:
+            first["startup_s"] = time.perf_counter() - t0
+        to_tune({**metrics, "startup_s": first["startup_s"]}, write)
+
+    with resume_dir() as ckpt:
+        if ckpt is not None and (ckpt / "trainer.pt").is_file():  # restore Tune's checkpoint into the store
+            partial = store.root / "partial" / spec.ticket_id
+            partial.mkdir(parents=True, exist_ok=True)
+            (partial / "trainer.pt").write_bytes((ckpt / "trainer.pt").read_bytes())
+    # content-addressed: a ticket already in the store is reused, never trained twice
+    ticket, made = store.get_or_make(spec, eval_spec(config), shared, report=report, log=log)
+    tune.report({**base, **ticket_columns(spec, store.path(spec), ticket.meta.metrics), "cached": int(not made),
+                 "startup_s": first["startup_s"] or time.perf_counter() - t0, **ticket.meta.metrics})
+    return None
+    first = {"startup_s": None}
+    to_tune = reporter(base, config.get("checkpoint_every", 1))
+
+    def report(metrics, write):
+        if first["startup_s"] is None:
+            first["startup_s"] = time.perf_counter() - t0
+        to_tune({**metrics, "startup_s": first["startup_s"]}, write)
+
+    with resume_dir() as ckpt:
+        if ckpt is not None and (ckpt / "trainer.pt").is_file():  # restore Tune's checkpoint into the store
+            partial = store.root / "partial" / spec.ticket_id
+            partial.mkdir(parents=True, exist_ok=True)
+            (partial / "trainer.pt").write_bytes((ckpt / "trainer.pt").read_bytes())
+        with store.lock(spec):
+            ticket = make_ticket(spec, eval_spec(config), shared or SharedText(), store, report, log)
+    tune.report({**base, **ticket_columns(spec, store.path(spec), ticket.meta.metrics), "cached": 0,
+                 "startup_s": first["startup_s"] or time.perf_counter() - t0, **ticket.meta.metrics})
+    return None

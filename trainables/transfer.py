@@ -1,0 +1,36 @@
+"""Transfer as a Tune trainable: get (or make) the trial's ticket from the store, fine-tune it on a task."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from sparsebert.finetune import FineTune
+from sparsebert.models import load_tokenizer
+from sparsebert.pipeline import SharedText, TicketStore
+from sparsebert.ticket import Method
+
+from .common import (eval_spec, finder_spec, log_fn, reporter, resume_dir, setup_worker, split_transfer,
+                     ticket_columns)
+
+
+def transfer_trainable(config: dict[str, Any], shared: SharedText | None = None) -> None:
+    t0 = setup_worker()
+    spec = finder_spec(config)
+    ft_cfg, train_cfg = split_transfer(config)
+    log = log_fn(f"transfer {spec.label()} s={spec.sparsity} {ft_cfg.task}")
+    store = TicketStore(config["store"])
+    ticket, made = store.get_or_make(spec, eval_spec(config), shared, log=log)
+    find_s = time.perf_counter() - t0 if made else 0.0
+    tok = load_tokenizer(spec.model)
+    ft = FineTune(spec.model, ft_cfg, tok, ticket=None if spec.method is Method.DENSE else ticket,
+                  seed=train_cfg.seed)
+    train_cfg.steps = ft.num_steps()
+    extra = {"stage": "transfer", "task": ft_cfg.task, "total_steps": train_cfg.steps, "transfer_seed": train_cfg.seed, "ticket_made": int(made),
+             "find_s": find_s, "startup_s": time.perf_counter() - t0,
+             **ticket_columns(spec, store.path(spec), ticket.meta.metrics)}
+    from sparsebert.training import train
+
+    with resume_dir() as ckpt:
+        train(ft, train_cfg, report=reporter(extra, config.get("checkpoint_every", 1)), resume_from=ckpt, log=log)
+    return None
