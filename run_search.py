@@ -65,6 +65,8 @@ def _is_uri(s: str) -> bool:
 def _init_ray(address: str | None, cpus: int | None) -> None:
     import ray
 
+    if ray.is_initialized():
+        return
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
@@ -75,15 +77,19 @@ def _init_ray(address: str | None, cpus: int | None) -> None:
 def _shared_inputs(space):
     """Tokenized text for every (model, text) the space's tamt/imp tickets use: built once, shared."""
     from search_spaces.loader import _expand
-    from sparsebert.pipeline import FinderSpec, SharedText
+    from sparsebert.pipeline import EvalSpec, FinderSpec, SharedText, prepare_head
 
-    shared = SharedText()
+    shared, heads = SharedText(), set()
     for variant in space.variants or [{}]:
         for point in _expand({**space.ticket, **variant}):
             spec = FinderSpec.from_dict(point)
             for split in ("train", "validation"):
                 if spec.method.value in ("tamt", "imp") or split == "validation":
                     shared.get(spec.model, spec.text, split)
+            key = (spec.model, spec.text.get("source", "embedded"))
+            if key not in heads:  # every ticket's MLM loss needs the model's head: fit it once, here
+                heads.add(key)
+                prepare_head(spec, EvalSpec(**space.eval), shared)
     return shared
 
 
@@ -139,10 +145,12 @@ def results_frame(result_grid, experiment: str):
         ticket = {**(cfg.get("ticket") or {}), **(cfg.get("variant") or {})}
         for k in ("model", "method", "init", "objective", "sparsity", "steps"):
             row[k] = m.get(k, ticket.get(k))
-        row["seed"] = m.get("ticket_seed", ticket.get("seed"))
+        row["ticket_seed"] = m.get("ticket_seed", ticket.get("seed"))
+        tseed = m.get("transfer_seed", (cfg.get("transfer") or {}).get("seed"))
+        row["seed"] = tseed if row["stage"] == "transfer" else row["ticket_seed"]
         for k in ("label", "ticket_id", "ticket_path", "mlm_loss", "kd_loss", "task", "score", "best_score",
                   "time_total_s", "training_iteration", "startup_s", "find_s", "ticket_made", "cached",
-                  "transfer_seed", "step", "total_steps"):
+                  "step", "total_steps"):
             row[k] = m.get(k)
         if row["task"] is None and cfg.get("transfer"):
             row["task"] = cfg["transfer"].get("task")

@@ -32,7 +32,7 @@ import yaml
 
 SPACES_DIR = Path(__file__).resolve().parent
 TOP_KEYS = {"description", "stage", "model", "ticket", "variants", "transfer", "eval", "tune", "resources",
-            "checkpoint_every"}
+            "checkpoint_every", "debug"}
 STAGES = ("find", "transfer", "evaluate")
 DIMENSIONS = ("grid", "choice", "uniform", "loguniform", "randint")
 SCHEDULERS = ("fifo", "asha", "pbt")
@@ -159,12 +159,11 @@ def validate(path: Path, raw: dict[str, Any]) -> Space:
             if _is_dim(v):
                 raise _err(path, f"variants[{i}].{k}", "variants hold plain values; put dimensions in ticket")
         for point in _expand({**ticket, **variant}):
-            key = f"variants[{i}]" if variants else "ticket"
             try:
                 spec = FinderSpec.from_dict(point)
             except (ValueError, TypeError) as e:
-                raise _err(path, key, str(e)) from None
-            _check_text(path, key, spec.text)
+                raise _err(path, _culprit(point, variant, i), str(e)) from None
+            _check_text(path, "ticket" if "text" in ticket else f"variants[{i}]", spec.text)
     transfer = dict(raw.get("transfer") or {})
     if stage == "transfer":
         if "task" not in transfer:
@@ -195,11 +194,31 @@ def validate(path: Path, raw: dict[str, Any]) -> Space:
         raise _err(path, f"resources.{sorted(bad)[0]}", "valid keys: cpu, gpu")
     if not all(isinstance(v, (int, float)) and v >= 0 for v in resources.values()) or resources.get("cpu", 1) <= 0:
         raise _err(path, "resources", f"cpu must be > 0 and gpu >= 0, got {resources}")
+    debug = raw.get("debug")
+    if debug is not None and (not isinstance(debug, dict) or set(debug) - {"fail_at_step", "once_marker",
+                                                                           "sleep_per_step"}):
+        raise _err(path, "debug", "valid keys: fail_at_step, once_marker, sleep_per_step")
     ce = raw.get("checkpoint_every", 1)
     if not isinstance(ce, int) or ce < 1:
         raise _err(path, "checkpoint_every", "must be an integer >= 1")
     return Space(path=path, name=path.stem, raw=raw, stage=stage, ticket=ticket, variants=variants,
                  transfer=transfer, eval=ev, tune=tune_cfg, resources={"cpu": 1, **resources}, checkpoint_every=ce)
+
+
+def _culprit(point: dict, variant: dict, i: int) -> str:
+    """The key that makes a ticket invalid: checked alone (with the method for context)."""
+    from sparsebert.pipeline import FinderSpec
+
+    order = sorted(point, key=lambda k: k != "method")  # the method first: the others are checked under it
+    method = "omp"
+    for k in order:
+        try:
+            FinderSpec.from_dict({"method": method, k: point[k]} if k != "method" else {k: point[k]})
+        except (ValueError, TypeError):
+            return f"variants[{i}].{k}" if k in variant else f"ticket.{k}"
+        if k == "method":
+            method = point[k]
+    return f"variants[{i}]"
 
 
 def _check_text(path: Path, key: str, text: dict) -> None:
@@ -340,6 +359,8 @@ def param_space(space: Space, store_root: Path) -> dict[str, Any]:
         ps["variant"] = tune.grid_search(space.variants)
     if space.stage == "transfer":
         ps["transfer"] = _to_tune(space.transfer, optuna)
+    if space.raw.get("debug"):
+        ps["debug"] = space.raw["debug"]
     return ps
 
 

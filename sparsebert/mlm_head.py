@@ -7,6 +7,7 @@ every ticket of that model, so MLM losses of different tickets are comparable.
 
 from __future__ import annotations
 
+import fcntl
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -89,12 +90,19 @@ def ensure_mlm_head(
         return None
     cfg = cfg or HeadFitConfig()
     path = head_cache_path(model_name, data_id, cfg)
-    if not path.is_file():
-        (log or print)(f"fitting an MLM head for {model_name} ({cfg.steps} steps, encoder frozen) -> {path}")
-        train(HeadFit(model, tokenizer, blocks, cfg), TrainConfig(steps=cfg.steps, lr=cfg.lr, eval_every=0,
-                                                                   log_every=max(cfg.steps // 5, 1), seed=cfg.seed))
-        save_head(model, path)
-        for p in model.parameters():
-            p.requires_grad_(False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:  # concurrent trials wait for one fit instead of repeating it
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not path.is_file():
+            _fit_and_save(model, model_name, tokenizer, blocks, cfg, path, log)
     load_head(model, path)
     return path
+
+
+def _fit_and_save(model, model_name, tokenizer, blocks, cfg, path, log) -> None:
+    (log or print)(f"fitting an MLM head for {model_name} ({cfg.steps} steps, encoder frozen) -> {path}")
+    train(HeadFit(model, tokenizer, blocks, cfg), TrainConfig(steps=cfg.steps, lr=cfg.lr, eval_every=0,
+                                                               log_every=max(cfg.steps // 5, 1), seed=cfg.seed))
+    save_head(model, path)
+    for p in model.parameters():
+        p.requires_grad_(False)

@@ -52,7 +52,8 @@ class FinderSpec:
     seed: int = field(default=0, metadata={"help": "random mask seed / TAMT-IMP data and dropout seed"})
     init: str = field(default="omp", metadata={"help": "TAMT mask init: omp | random"})
     objective: str = field(default="kd", metadata={"help": "TAMT loss: mlm | kd | mlm_kd"})
-    steps: int = field(default=100, metadata={"help": "TAMT optimizer steps"})
+    steps: int | str = field(default=100, metadata={
+        "help": "TAMT optimizer steps, or 'paper': the reference's per-sparsity budget (0.5 -> 11k, 0.7 -> 17k)"})
     lr: float = field(default=2e-5, metadata={"help": "TAMT (scores) / IMP (weights) learning rate"})
     batch_size: int = field(default=16, metadata={"help": "TAMT/IMP sequences per step"})
     binarizer: str = field(default="threshold", metadata={"help": "TAMT: threshold (reference) | topk"})
@@ -66,6 +67,16 @@ class FinderSpec:
     def __post_init__(self) -> None:
         self.method = Method(self.method)
         check_sparsity(self.sparsity)
+        if self.steps == "paper" and self.method is not Method.TAMT:
+            self.steps = 0  # only TAMT has a step budget of its own
+        if self.steps == "paper":
+            from .tamt import PAPER_STEPS
+
+            if round(self.sparsity, 1) not in PAPER_STEPS:
+                raise ValueError(f"steps 'paper' is defined for sparsity 0.2-0.9, got {self.sparsity}")
+            self.steps = PAPER_STEPS[round(self.sparsity, 1)]
+        if not isinstance(self.steps, int) or self.steps < 0:
+            raise ValueError(f"steps must be a non-negative integer or 'paper', got {self.steps!r}")
         if self.method is Method.DENSE and self.sparsity != 0:
             raise ValueError("method 'dense' has sparsity 0")
         ObjectiveConfig(objective=self.objective)
@@ -191,10 +202,16 @@ def ensure_head(model, spec: FinderSpec, eval_spec: EvalSpec, shared: SharedText
 
     if model.head_pretrained:
         return
-    text = {**spec.text, "block_size": 128}
+    text = {"source": spec.text.get("source", "embedded"), "block_size": 128}
     blocks = shared.get(spec.model, text, "train")
-    ensure_mlm_head(model, spec.model, load_tokenizer(spec.model), blocks, f"{SharedText.key(spec.model, text)}",
+    ensure_mlm_head(model, spec.model, load_tokenizer(spec.model), blocks, f"{text['source']}-128",
                     HeadFitConfig(steps=eval_spec.head_steps), log=log)
+
+
+def prepare_head(spec: FinderSpec, eval_spec: EvalSpec, shared: SharedText, log=print) -> None:
+    """Fit (or find cached) the MLM head of ``spec.model`` once, before trials start (a driver-side step)."""
+    model = load_pretraining_model(spec.model)
+    ensure_head(model, spec, eval_spec, shared, log)
 
 
 def make_ticket(

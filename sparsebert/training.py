@@ -116,6 +116,7 @@ def train(
     report: Report | None = None,
     resume_from: str | os.PathLike | None = None,
     log: Callable[[str], None] | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Run ``cfg.steps`` optimizer steps of ``method``; returns the last reported metrics.
 
@@ -126,6 +127,7 @@ def train(
     total = method.schedule_steps() or cfg.schedule_steps or cfg.steps
     params, opt, sched = _build_optim(method, cfg, total)
     step = 0
+    resumed_at = 0
     torch.manual_seed(cfg.seed)
     if resume_from is not None:
         state = load_checkpoint(Path(resume_from))
@@ -134,7 +136,7 @@ def train(
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
-        step = int(state["step"])
+        step = resumed_at = int(state["step"])
         log(f"resumed at step {step}/{cfg.steps} from {resume_from}")
 
     def snapshot() -> dict[str, Any]:
@@ -171,6 +173,8 @@ def train(
         n_running += 1
         if method.after_step(step):
             params, opt, sched = _build_optim(method, cfg, total)
+        if on_step is not None:
+            on_step(step)
         if cfg.log_every and (step % cfg.log_every == 0 or step == cfg.steps):
             now = time.perf_counter()
             rate = (step - step0) / max(now - t0, 1e-9)
@@ -183,6 +187,7 @@ def train(
             metrics = {"step": step, "train_loss": float(loss.detach()), **step_metrics}
             metrics.update(method.evaluate(step))
             metrics["steps_per_s"] = (step - step0) / max(time.perf_counter() - t0, 1e-9)
+            metrics["resumed_at"] = resumed_at
             for m in method.models():
                 m.train()
             if report is not None:

@@ -100,3 +100,32 @@ def split_transfer(config: dict[str, Any]):
     if unknown:
         raise ValueError(f"unknown transfer keys {sorted(unknown)}")
     return FinetuneConfig(**t), TrainConfig(**train_kw)
+
+
+class InjectedFailure(RuntimeError):
+    """Raised on purpose by ``debug.fail_at_step`` (reliability tests and drills)."""
+
+
+def fault_injector(debug: dict[str, Any] | None) -> Callable[[int], None] | None:
+    """``debug: {fail_at_step: N, once_marker: PATH}`` in a space makes a trial raise at step N: always, or only
+    the first time when ``once_marker`` is given (the file is created when it fires). For drills and tests of
+    FailureConfig retries; absent in normal spaces."""
+    if not debug or "fail_at_step" not in debug:
+        return None
+    at, marker = int(debug["fail_at_step"]), debug.get("once_marker")
+    slow = float(debug.get("sleep_per_step", 0))
+
+    def on_step(step: int) -> None:
+        if slow:
+            time.sleep(slow)
+        if step == at:
+            if marker is None:
+                raise InjectedFailure(f"injected failure at step {step}")
+            try:
+                fd = os.open(marker, os.O_CREAT | os.O_EXCL)
+            except FileExistsError:
+                return
+            os.close(fd)
+            raise InjectedFailure(f"injected failure at step {step} (once)")
+
+    return on_step

@@ -10,7 +10,7 @@ from sparsebert.models import load_tokenizer
 from sparsebert.pipeline import SharedText, TicketStore
 from sparsebert.ticket import Method
 
-from .common import (eval_spec, finder_spec, log_fn, reporter, resume_dir, setup_worker, split_transfer,
+from .common import (eval_spec, fault_injector, finder_spec, log_fn, reporter, resume_dir, setup_worker, split_transfer,
                      ticket_columns)
 
 
@@ -32,5 +32,6 @@ def transfer_trainable(config: dict[str, Any], shared: SharedText | None = None)
     from sparsebert.training import train
 
     with resume_dir() as ckpt:
-        train(ft, train_cfg, report=reporter(extra, config.get("checkpoint_every", 1)), resume_from=ckpt, log=log)
+        train(ft, train_cfg, report=reporter(extra, config.get("checkpoint_every", 1)), resume_from=ckpt, log=log,
+              on_step=fault_injector(config.get("debug")))
     return None
