@@ -48,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--max-concurrent", type=int, default=None, help="cap concurrent trials")
     r.add_argument("--dry-run", action="store_true", help="validate and print the trial count; run nothing")
     r.add_argument("--overwrite", action="store_true", help="delete an existing experiment of the same name")
+    r.add_argument("--no-shared-inputs", action="store_true",
+                   help="let every trial tokenize its own text instead of receiving it through the object store "
+                        "(for measuring start-up cost)")
     res = sub.add_parser("resume", help="resume an interrupted experiment")
     res.add_argument("experiment", help="the experiment directory (<storage>/<name>)")
     res.add_argument("--address", default=os.environ.get("RAY_ADDRESS"))
@@ -102,6 +105,16 @@ def _trainable(space, shared):
     return tune.with_resources(fn, space.resources)
 
 
+def _trial_name(trial) -> str:
+    """Short, readable trial names (the default embeds the whole ticket dict)."""
+    cfg = trial.config or {}
+    t = {**(cfg.get("ticket") or {}), **(cfg.get("variant") or {})}
+    bits = [str(t.get("method", "")), str(t.get("objective", "")) if t.get("method") == "tamt" else "",
+            f"s{t.get('sparsity')}" if t.get("sparsity") is not None else "",
+            str((cfg.get("transfer") or {}).get("task", "")) if isinstance(cfg.get("transfer"), dict) else ""]
+    return "_".join(b for b in bits if b) + f"_{trial.trial_id}"
+
+
 def _tuner(space, exp_dir: Path, storage: str, name: str, store_root: Path, shared, max_concurrent):
     from ray import tune
     from ray.tune import CheckpointConfig, FailureConfig, RunConfig
@@ -114,6 +127,7 @@ def _tuner(space, exp_dir: Path, storage: str, name: str, store_root: Path, shar
         tune_config=tune.TuneConfig(
             metric=space.metric, mode=space.mode, scheduler=scheduler(space), search_alg=searcher(space),
             num_samples=space.tune["num_samples"], reuse_actors=True,
+            trial_dirname_creator=_trial_name, trial_name_creator=_trial_name,
             max_concurrent_trials=max_concurrent or space.tune.get("max_concurrent"),
         ),
         run_config=RunConfig(
@@ -225,6 +239,10 @@ def cmd_run(args) -> int:
     (exp_dir / SPACE_COPY).write_text(json.dumps(
         {"space": as_dict(space), "storage": storage, "store_root": str(store_root), "name": name}, default=str,
         indent=2))
+    if space.raw.get("proxy"):  # two-stage, proxy-guided search (search_spaces/proxy_runner.py)
+        from search_spaces.proxy_runner import run_proxy_search
+
+        return run_proxy_search(space, args, exp_dir, storage, name, store_root)
     return _fit(space, exp_dir, storage, name, store_root, args, restore=False)
 
 
@@ -232,7 +250,7 @@ def _fit(space, exp_dir, storage, name, store_root, args, restore: bool) -> int:
     t0 = time.time()
     try:
         _init_ray(args.address, args.cpus)
-        shared = _shared_inputs(space)
+        shared = None if getattr(args, "no_shared_inputs", False) else _shared_inputs(space)
         if restore:
             from ray import tune
 

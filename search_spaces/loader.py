@@ -32,7 +32,7 @@ import yaml
 
 SPACES_DIR = Path(__file__).resolve().parent
 TOP_KEYS = {"description", "stage", "model", "ticket", "variants", "transfer", "eval", "tune", "resources",
-            "checkpoint_every", "debug"}
+            "checkpoint_every", "debug", "proxy"}
 STAGES = ("find", "transfer", "evaluate")
 DIMENSIONS = ("grid", "choice", "uniform", "loguniform", "randint")
 SCHEDULERS = ("fifo", "asha", "pbt")
@@ -293,6 +293,14 @@ def _cut(v: Any) -> Any:
     return v
 
 
+def _spread(items: list, n: int) -> list:
+    """At most n items, spread over the list (keeps first and last: e.g. the steps study's 1k and IMP's 2792)."""
+    if len(items) <= n:
+        return items
+    idx = sorted({round(i * (len(items) - 1) / (n - 1)) for i in range(n)})
+    return [items[i] for i in idx]
+
+
 def shrink(raw: dict[str, Any]) -> dict[str, Any]:
     """``--smoke``: a tiny model, few steps, small data, at most 2 values per axis, the embedded task/text."""
     raw = copy.deepcopy(raw)
@@ -304,8 +312,10 @@ def shrink(raw: dict[str, Any]) -> dict[str, Any]:
             ticket[k] = v
     ticket["text"] = {"source": "embedded", "block_size": 32, "max_blocks": 128}
     raw["ticket"] = ticket
-    if raw.get("variants"):
-        raw["variants"] = [{k: v for k, v in var.items() if k != "model"} for var in raw["variants"]][:4]
+    if raw.get("variants"):  # smoke budgets win over the variants' own (e.g. IMP's 2792-step interval)
+        raw["variants"] = [{k: (SMOKE_TICKET[k] if k in SMOKE_TICKET else v) for k, v in var.items() if k != "model"}
+                           for var in raw["variants"]]
+        raw["variants"] = _spread(raw["variants"], 4)
     if raw.get("transfer"):
         tr = {k: _cut(v) for k, v in raw["transfer"].items()}
         tr.update(SMOKE_TRANSFER)
@@ -352,11 +362,15 @@ def param_space(space: Space, store_root: Path) -> dict[str, Any]:
 
     optuna = space.tune["searcher"]["type"] == "optuna"
     ps: dict[str, Any] = {
-        "stage": space.stage, "store": str(store_root), "ticket": _to_tune(space.ticket, optuna),
-        "eval": space.eval, "checkpoint_every": space.checkpoint_every,
+        "stage": space.stage, "store": str(store_root), "eval": space.eval, "checkpoint_every": space.checkpoint_every,
     }
-    if space.variants:
-        ps["variant"] = tune.grid_search(space.variants)
+    points = ticket_points(space)
+    if points is not None:
+        ps["ticket"] = tune.grid_search(points)
+    else:
+        ps["ticket"] = _to_tune(space.ticket, optuna)
+        if space.variants:
+            ps["variant"] = tune.grid_search(space.variants)
     if space.stage == "transfer":
         ps["transfer"] = _to_tune(space.transfer, optuna)
     if space.raw.get("debug"):
@@ -380,7 +394,7 @@ def scheduler(space: Space):
         muts.setdefault(sec, {})[name] = _to_tune(v, False) if _is_dim(v) else v
     return PopulationBasedTraining(time_attr="training_iteration",
                                    perturbation_interval=s.get("perturbation_interval", 2),
-                                   hyperparam_mutations=muts, seed=s.get("seed", 0))
+                                   hyperparam_mutations=muts)
 
 
 def searcher(space: Space):
@@ -395,10 +409,31 @@ def searcher(space: Space):
     return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=seed))
 
 
+def ticket_points(space: Space) -> list[dict[str, Any]] | None:
+    """When the ticket axes are all grids: the explicit list of tickets (grid x variants), duplicates removed
+    (e.g. a dense variant under a sparsity grid, or OMP under an objective grid: same ticket id). None when the
+    ticket section holds sampled dimensions (those stay Tune/Optuna primitives)."""
+    from sparsebert.pipeline import FinderSpec
+
+    if space.tune["searcher"]["type"] == "optuna" or any(
+        _is_dim(v) and "grid" not in v for v in space.ticket.values()
+    ):
+        return None
+    seen, out = set(), []
+    for variant in space.variants or [{}]:
+        for point in _expand({**space.ticket, **variant}):
+            tid = FinderSpec.from_dict(point).ticket_id
+            if tid not in seen:
+                seen.add(tid)
+                out.append(point)
+    return out
+
+
 def grid_size(space: Space) -> int:
     """Number of trials a grid/random search will run (grid points x num_samples)."""
-    n = len(space.variants or [None])
-    for sec in (space.ticket, space.transfer if space.stage == "transfer" else {}):
+    points = ticket_points(space)
+    n = len(points) if points is not None else len(space.variants or [None])
+    for sec in ({} if points is not None else space.ticket, space.transfer if space.stage == "transfer" else {}):
         for v in sec.values():
             if _is_dim(v) and "grid" in v and space.tune["searcher"]["type"] != "optuna":
                 n *= len(v["grid"])

@@ -62,7 +62,7 @@ def kd_loss(
         raise ValueError(f"student has {len(student_hidden)} hidden states, teacher {len(teacher_hidden)}")
     losses = []
     for hs, ht in zip(student_hidden[1:], teacher_hidden[1:]):
-        d = 1.0 - F.cosine_similarity(hs.float(), ht.float(), dim=-1)  # [B, T]
+        d = (1.0 - F.cosine_similarity(hs.float(), ht.float(), dim=-1)).clamp_min(0.0)  # [B, T]
         if attention_mask is None:
             losses.append(d.mean())
         else:

@@ -13,9 +13,9 @@ matches process names, not namespaces or temp dirs), including other people's cl
 Auth: RAY_AUTH_MODE=token. Both nodes and the driver get RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH pointing at
 one token file the fixture writes (256 random bits, the format of ``ray get-auth-token --generate``). Ray 2.60 reads
 the token from RAY_AUTH_TOKEN, then RAY_AUTH_TOKEN_PATH, then ~/.ray/auth_token; each node has its own HOME, so the
-shared file is the only token there is. This is the mode the README asks multi-node users to run, and the cluster
-listens on a (private) network, so the test exercises it rather than ``disabled``; ``test_cluster_requires_token``
-checks that a driver without the token is turned away.
+shared file is the only token there is. Token mode is what run_search.py's docstring tells multi-node users to run
+(a cluster listens on a network), and it works across the namespaces, so the test exercises it rather than
+``disabled``; ``test_cluster_requires_token`` checks that a driver with another token, or none, is turned away.
 
 Needs root and ``ip netns`` (skipped otherwise, failed in CI where it must run). ~1.5 minutes on 2 cores.
 """
@@ -86,7 +86,9 @@ class TwoNodeCluster:
     def temp_dir(self, ns: str) -> Path:
         return self.root / ("h" if ns == self.head_ns else "w")
 
-    def env(self, ns: str, token: bool = True) -> dict[str, str]:
+    def env(self, ns: str, token: str | None = "file") -> dict[str, str]:
+        """The environment of a process in ``ns``: its own HOME; ``token`` "file" (the cluster's token file),
+        "wrong" (RAY_AUTH_TOKEN set to another token) or None (RAY_AUTH_MODE=disabled: sends no token)."""
         from sparsebert.embedded import cache_root
 
         home = self.root / f"home-{'h' if ns == self.head_ns else 'w'}"
@@ -95,10 +97,12 @@ class TwoNodeCluster:
         env.update(HOME=str(home), RAY_USAGE_STATS_ENABLED="0", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
                    SPARSEBERT_CACHE=str(cache_root()),  # the prepared data/model cache, whatever HOME is
                    PYTHONPATH=os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]))
-        if token:
+        if token == "file":
             env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(self.token_file))
+        elif token == "wrong":
+            env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
         else:
-            env.update(RAY_AUTH_MODE="token")  # wants a token, has none (HOME holds no ~/.ray/auth_token)
+            env.update(RAY_AUTH_MODE="disabled")
         return env
 
     def run(self, ns: str, cmd: list[str], timeout: float = 120, **kw) -> subprocess.CompletedProcess:
@@ -192,12 +196,19 @@ def cluster():
         if os.environ.get("CI"):
             pytest.fail(f"multi-node test cannot run in CI: {why}")
         pytest.skip(why)
+    def on_sigterm(signum, frame):  # e.g. a CI timeout: unwind so the finalizer below still runs
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    old = signal.signal(signal.SIGTERM, on_sigterm)
     c = TwoNodeCluster()
     try:
         c.start()
         yield c
     finally:
-        c.teardown()
+        try:
+            c.teardown()
+        finally:
+            signal.signal(signal.SIGTERM, old)
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
@@ -241,12 +252,16 @@ def _tail(path: Path, n: int = 4000) -> str:
 # ------------------------------------------------------------------------------------------------------ tests
 
 
-def test_cluster_requires_token(cluster):
-    """Token auth is on: a driver that has no token cannot join (and one with it can: the fixture's own check)."""
-    r = cluster.alive_nodes(env=cluster.env(cluster.head_ns, token=False), timeout=60)
-    assert "NODES" not in r.stdout, f"a driver without the token joined the cluster:\n{r.stdout}"
+@pytest.mark.parametrize("token", ["wrong", None])
+def test_cluster_requires_token(cluster, token):
+    """Token auth is on: a driver with another token, or none, cannot join (one with the cluster's token can:
+    the fixture checked that both nodes are up through such a driver)."""
+    env = cluster.env(cluster.head_ns, token=token)
+    env["RAY_gcs_server_port_wait_time_s"] = "3"  # give up after 3 tries (default 20, 1 s apart)
+    r = cluster.alive_nodes(env=env, timeout=60)
+    assert "NODES" not in r.stdout, f"a driver without the cluster's token joined it:\n{r.stdout}"
     assert r.returncode != 0
-    assert "token" in (r.stdout + r.stderr).lower()
+    assert "token" in (r.stdout + r.stderr).lower(), r.stderr[-3000:]
 
 
 def test_trials_spread_over_both_nodes(cluster, tmp_path):

@@ -27,6 +27,11 @@ def setup_worker() -> float:
     torch.set_num_threads(max(1, n))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from datasets.utils import logging as datasets_logging
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # per-trial logs: progress lines, not bars
+    datasets_logging.disable_progress_bar()
     return t0
 
 
@@ -110,15 +115,15 @@ def fault_injector(debug: dict[str, Any] | None) -> Callable[[int], None] | None
     """``debug: {fail_at_step: N, once_marker: PATH}`` in a space makes a trial raise at step N: always, or only
     the first time when ``once_marker`` is given (the file is created when it fires). For drills and tests of
     FailureConfig retries; absent in normal spaces."""
-    if not debug or "fail_at_step" not in debug:
+    if not debug or not ({"fail_at_step", "sleep_per_step"} & debug.keys()):
         return None
-    at, marker = int(debug["fail_at_step"]), debug.get("once_marker")
+    at, marker = int(debug.get("fail_at_step", -1)), debug.get("once_marker")
     slow = float(debug.get("sleep_per_step", 0))
 
     def on_step(step: int) -> None:
         if slow:
             time.sleep(slow)
-        if step == at:
+        if at >= 0 and step == at:
             if marker is None:
                 raise InjectedFailure(f"injected failure at step {step}")
             try:
