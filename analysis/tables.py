@@ -28,7 +28,10 @@ RESULTS_PARQUET = "results.parquet"
 RESULTS_CSV = "results.csv"
 ANALYSIS_DIR = "analysis"
 
-FINISHED = ("TERMINATED",)
+#: statuses whose best dev score counts: finished trials and trials a scheduler (ASHA) stopped early — the best
+#: score an early-stopped trial reached is a real (lower-bound) measurement, and dropping them would leave only the
+#: winners of an ASHA sweep in every correlation.
+FINISHED = ("TERMINATED", "EARLY_STOPPED")
 ACTIVE = ("RUNNING", "PENDING", "PAUSED")
 
 TICKET_FIELDS = ("model", "method", "init", "objective", "sparsity", "steps")
@@ -213,7 +216,7 @@ def _first_valid(values: Iterable[Any]) -> Any:
 
 
 def excluded_transfers(df: pd.DataFrame) -> pd.DataFrame:
-    """Transfer rows left out of :func:`tidy` (not TERMINATED or no best_score), with a ``reason`` column."""
+    """Transfer rows left out of :func:`tidy` (not finished/early-stopped, or no best_score), with a ``reason``."""
     st = _status(df)
     is_tr = _stage(df) == "transfer"
     score = pd.to_numeric(_col(df, "best_score"), errors="coerce")

@@ -225,8 +225,8 @@ class ProxyRule:
 def select(df: pd.DataFrame, rule: ProxyRule, max_steps: int | None = None) -> pd.DataFrame:
     """Apply ``rule`` to the candidates in ``df`` (one row per candidate ticket). Returns a copy of ``df`` with
     ``proxy_metric``, ``proxy_value``, ``proxy_rank``, ``selected`` (bool) and ``budget`` (fine-tuning steps;
-    topk: ``max_steps`` (NA if None) for the selected, 0 otherwise; halving: :func:`halving_budgets`, selected = budget > 0).
-    Sorted by group then rank (unranked rows last)."""
+    topk: ``max_steps`` (NA if None) for the selected, 0 otherwise; halving: :func:`halving_budgets`,
+    selected = budget > 0). Sorted by group then rank (unranked rows last)."""
     by = _by_list(rule.by)
     out = df.copy()
     out["proxy_metric"] = rule.metric

@@ -132,6 +132,19 @@ def test_a_failing_trial_is_retried_from_its_checkpoint_and_the_sweep_goes_on(ra
     assert (df["status"] == "ERROR").all() and df["error"].str.contains("injected failure at step 3").all()
 
 
+def _terminated_trials(exp: Path) -> list[str]:
+    """Trial dirs Tune's own experiment snapshot records as TERMINATED (what a resume keeps as finished)."""
+    states = sorted(exp.glob("experiment_state-*.json"))
+    if not states:
+        return []
+    try:
+        data = json.loads(states[-1].read_text())
+    except json.JSONDecodeError:  # being rewritten
+        return []
+    trials = [json.loads(t[0]) for t in data["trial_data"]]
+    return [t["relative_logdir"] for t in trials if t.get("status") == "TERMINATED"]
+
+
 def test_driver_sigkill_then_resume_keeps_finished_trials(tmp_path):
     space = _demo(variants=[{"method": "omp"}, {"method": "random"}], checkpoint_every=1)
     space["ticket"]["sparsity"] = {"grid": [0.5, 0.6]}
@@ -149,13 +162,12 @@ def test_driver_sigkill_then_resume_keeps_finished_trials(tmp_path):
     finished = []
     while time.time() < deadline and not finished:
         time.sleep(1)
-        finished = [p for p in exp.glob("*/result.json")
-                    if any(json.loads(line).get("done") for line in p.read_text().splitlines() if line.strip())]
+        finished = _terminated_trials(exp)
     assert finished, "no trial finished before the deadline"
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started
     proc.wait()
     subprocess.run(["ray", "stop", "--force"], capture_output=True)
-    before = {p.parent.name: len(p.read_text().splitlines()) for p in finished}
+    before = {d: len((exp / d / "result.json").read_text().splitlines()) for d in finished}
     out = subprocess.run([sys.executable, str(REPO / "run_search.py"), "resume", str(exp), "--cpus", "1"],
                          env=env, capture_output=True, text=True, timeout=400)
     assert out.returncode == 0, out.stderr[-3000:]
