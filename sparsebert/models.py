@@ -112,7 +112,7 @@ def load_pretraining_model(name: str, mlm_head: str | None = None) -> Pretrainin
     path = resolve(name)
     config = AutoConfig.from_pretrained(path)
     model_type = check_model_type(config)
-    verbosity = hf_logging.get_verbosity()
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()  # MiniLM has no cls.* keys: transformers warns loudly about it
     hf_logging.disable_progress_bar()
     try:
@@ -120,7 +120,8 @@ def load_pretraining_model(name: str, mlm_head: str | None = None) -> Pretrainin
         mlm, info = AutoModelForMaskedLM.from_pretrained(path, output_loading_info=True)
     finally:
         hf_logging.set_verbosity(verbosity)
-        hf_logging.enable_progress_bar()
+        if bars:
+            hf_logging.enable_progress_bar()
     head = _head_of(mlm, model_type)
     head_keys = {"cls.", "lm_head."}
     head_pretrained = not any(
