@@ -85,7 +85,7 @@ def main(argv=None) -> int:
     root.mkdir(parents=True, exist_ok=True)
     storage, store = str(root), root
     ns = argparse.Namespace(address=None, cpus=args.cpus, max_concurrent=None)
-    t_start = time.time()
+    t_start, load_start = time.time(), os.getloadavg()[0]
 
     # 1. proxy-guided search (fresh store: stage 1 finds every candidate)
     t0 = time.time()
@@ -200,7 +200,9 @@ def main(argv=None) -> int:
     print(f"  regret {regret:+.4f}: {'WITHIN' if within else 'NOT within'} the noise (regret <= 1 std)")
     print("  (the exhaustive best is a max over "
           f"{len(ex)} noisy scores, so it is biased upwards by selection)")
-    print(f"\ntotal wall {time.time() - t_start:.0f} s (noise runs {wall_noise:.0f} s)")
+    print(f"\ntotal wall {time.time() - t_start:.0f} s (noise runs {wall_noise:.0f} s); 1-min load average "
+          f"{load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end on {os.cpu_count()} cores "
+          "(other processes inflate trial-seconds of both searches)")
     print("=" * 100)
     if tmp:
         shutil.rmtree(tmp, ignore_errors=True)

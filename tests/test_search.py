@@ -166,7 +166,8 @@ def test_driver_sigkill_then_resume_keeps_finished_trials(tmp_path):
     assert finished, "no trial finished before the deadline"
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started
     proc.wait()
-    subprocess.run(["ray", "stop", "--force"], capture_output=True)
+    # Ray's own daemons of that driver (they outlive it by design); the venv's `ray`, PATH may not have it
+    subprocess.run([str(Path(sys.executable).with_name("ray")), "stop", "--force"], capture_output=True)
     before = {d: len((exp / d / "result.json").read_text().splitlines()) for d in finished}
     out = subprocess.run([sys.executable, str(REPO / "run_search.py"), "resume", str(exp), "--cpus", "1"],
                          env=env, capture_output=True, text=True, timeout=400)
