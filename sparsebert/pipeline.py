@@ -36,7 +36,7 @@ NEEDS = {
     Method.OMP: {"scope"},
     Method.RANDOM: {"scope", "seed"},
     Method.TAMT: {"init", "objective", "steps", "lr", "batch_size", "binarizer", "reset_every", "seed",
-                  "mlm_weight", "kd_weight", "text"},
+                  "mlm_weight", "kd_weight", "text", "head_lr"},
     Method.IMP: {"imp_interval", "lr", "batch_size", "seed", "text"},
 }
 
@@ -56,6 +56,7 @@ class FinderSpec:
         "help": "TAMT optimizer steps, or 'paper': the reference's per-sparsity budget (0.5 -> 11k, 0.7 -> 17k)"})
     lr: float = field(default=2e-5, metadata={"help": "TAMT (scores) / IMP (weights) learning rate"})
     batch_size: int = field(default=16, metadata={"help": "TAMT/IMP sequences per step"})
+    head_lr: float | None = field(default=None, metadata={"help": "TAMT-MLM: lr of the MLM head (None: lr)"})
     binarizer: str = field(default="threshold", metadata={"help": "TAMT: threshold (reference) | topk"})
     reset_every: int = field(default=100, metadata={"help": "TAMT: steps between threshold resets"})
     mlm_weight: float = field(default=1.0, metadata={"help": "TAMT-MLM+KD: weight of the MLM loss"})
@@ -104,6 +105,8 @@ class FinderSpec:
         d["method"] = self.method.value
         if self.method is Method.TAMT and Objective(self.objective) is not Objective.MLM_KD:
             d.pop("mlm_weight"), d.pop("kd_weight")
+        if self.method is Method.TAMT and (self.objective == "kd" or self.head_lr is None):
+            d.pop("head_lr")  # absent unless it matters: old ticket ids stay valid
         if "text" in d:
             d["text"] = {k: v for k, v in sorted(d["text"].items()) if k != "cache_dir"}
         return d
@@ -243,6 +246,7 @@ def make_ticket(
             cfg = TAMTConfig(
                 sparsity=spec.sparsity, init=spec.init, binarizer=spec.binarizer, reset_every=spec.reset_every,
                 batch_size=spec.batch_size, init_seed=spec.seed, eval_blocks=min(eval_spec.eval_blocks, 32),
+                head_lr=spec.head_lr,
                 objective=ObjectiveConfig(objective=spec.objective, mlm_weight=spec.mlm_weight,
                                           kd_weight=spec.kd_weight),
             )

@@ -51,6 +51,9 @@ class TAMTConfig:
     save_at: tuple[int, ...] = field(default=(), metadata={"help": "steps at which to save a ticket (plus the end)"})
     eval_blocks: int = field(default=64, metadata={"help": "held-out blocks for the evaluation during training"})
     eval_batch_size: int = field(default=16, metadata={"help": "batch size of evaluation"})
+    head_lr: float | None = field(default=None, metadata={
+        "help": "lr of the MLM head in TAMT-MLM (None: the scores' lr, as the reference); short budgets that raise "
+                "the scores' lr should keep the head's small, or the mask fits a head that evaluation does not use"})
 
     def __post_init__(self) -> None:
         check_sparsity(self.sparsity)
@@ -102,7 +105,10 @@ class TAMT:
 
     # ---- Method protocol ----------------------------------------------------------------------------------------
     def parameters(self):
-        return [s.scores for s in self.scores.values()] + self.head
+        groups = [{"params": [s.scores for s in self.scores.values()]}]
+        if self.head:
+            groups.append({"params": self.head, **({"lr": self.cfg.head_lr} if self.cfg.head_lr else {})})
+        return groups
 
     def models(self):
         return [self.model]

@@ -78,10 +78,18 @@ def _schedule(cfg: TrainConfig, total: int) -> Callable[[int], float]:
 
 
 def _build_optim(method: Method, cfg: TrainConfig, total: int):
-    params = [p for p in method.parameters() if p.requires_grad]
+    """AdamW over the method's parameters; a method may give param groups (dicts with their own ``lr``)."""
+    groups = list(method.parameters())
+    if groups and isinstance(groups[0], dict):
+        groups = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in groups]
+        groups = [g for g in groups if g["params"]]
+        params = [p for g in groups for p in g["params"]]
+    else:
+        params = [p for p in groups if p.requires_grad]
+        groups = params
     if not params:
         raise ValueError("the method has no trainable parameters")
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg, total))
     return params, opt, sched
 

@@ -51,7 +51,8 @@ def _frozen(model):
 def test_gradients_reach_scores_and_head_only_and_weights_stay_bit_identical(objective, tiny, tok, blocks):
     t = make_tamt(tiny, tok, blocks, objective=objective, sparsity=0.5)
     before = {k: v.detach().clone() for k, v in t.model.state_dict().items()}
-    trainable = {id(p) for p in t.parameters()}
+    flat = [p for g in t.parameters() for p in g["params"]]
+    trainable = {id(p) for p in flat}
     assert {id(s.scores) for s in t.scores.values()} <= trainable
     assert (len(trainable) > len(t.scores)) == (objective != "kd")  # the MLM head trains only with MLM
     loss, _ = t.loss(next(t.batches(0)), 0)
@@ -62,7 +63,7 @@ def test_gradients_reach_scores_and_head_only_and_weights_stay_bit_identical(obj
                 assert p.grad is not None and p.grad.abs().sum() > 0, name
         else:
             assert p.grad is None and not p.requires_grad, name
-    for p in t.parameters():
+    for p in flat:
         p.grad = None
     train(t, TrainConfig(steps=6, lr=1e-2, eval_every=0, log_every=0))
     after = t.model.state_dict()
@@ -92,6 +93,14 @@ def test_every_saved_ticket_is_exactly_sparse_per_matrix(binarizer, init, tiny, 
             assert int((~m).sum()) == num_pruned(m.numel(), 0.7), (step, k)
     changed = sum(int((final.masks[k] != init_masks[k]).sum()) for k in init_masks)
     assert changed > 0  # the mask really trained
+
+
+def test_head_lr_is_its_own_param_group(tiny, tok, blocks):
+    t = make_tamt(tiny, tok, blocks, objective="mlm", sparsity=0.5, head_lr=1e-5)
+    train(t, TrainConfig(steps=2, lr=1e-2, eval_every=0, log_every=0))
+    groups = t.parameters()
+    assert len(groups) == 2 and groups[1].get("lr") == 1e-5
+    assert make_tamt(tiny, tok, blocks, objective="kd", sparsity=0.5).parameters()[0]["params"]
 
 
 def test_kd_teacher_runs_once_per_step_without_grad(tiny, tok, blocks):
