@@ -140,7 +140,6 @@ def _tuner(space, exp_dir: Path, storage: str, name: str, store_root: Path, shar
 
 def results_frame(result_grid, experiment: str):
     """One row per trial: config, final and best metrics, ticket path, status and error."""
-    import math
 
     import pandas as pd
 

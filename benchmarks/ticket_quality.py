@@ -16,7 +16,6 @@ import time
 import torch
 
 from sparsebert.pipeline import EvalSpec, FinderSpec, SharedText, TicketStore
-from sparsebert.ticket import Ticket
 
 
 def main() -> None:
@@ -28,6 +27,8 @@ def main() -> None:
     ap.add_argument("--eval-blocks", type=int, default=64)
     ap.add_argument("--tamt-lr", type=float, default=2e-3)
     ap.add_argument("--imp-lr", type=float, default=1e-4)
+    ap.add_argument("--head-lr", type=float, default=5e-5, help="TAMT-MLM head lr (the scores' lr is far higher)")
+    ap.add_argument("--only", default="", help="comma-separated labels to run (default: all)")
     ap.add_argument("--sparsities", default="0.5,0.7")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -39,7 +40,11 @@ def main() -> None:
     rows = []
     sparsities = [float(s) for s in args.sparsities.split(",")]
 
+    only = set(filter(None, args.only.split(",")))
+
     def run(spec: FinderSpec, label: str):
+        if only and label not in only:
+            return
         t0 = time.perf_counter()
         ticket, _ = store.get_or_make(spec, es, shared, log=quiet)
         m = ticket.meta.metrics
@@ -61,9 +66,10 @@ def main() -> None:
         run(FinderSpec(method="random", sparsity=s, **base), "Random")
         for obj, label in (("mlm", "TAMT-MLM"), ("kd", "TAMT-KD"), ("mlm_kd", "TAMT-MLM+KD")):
             run(FinderSpec(method="tamt", objective=obj, sparsity=s, steps=budget, lr=args.tamt_lr,
-                           reset_every=10, **base), label)
+                           reset_every=10, head_lr=args.head_lr if obj != "kd" else None, **base), label)
     print(f"\nmodel {args.model}, text block {args.block}, eval {args.eval_blocks} held-out blocks; "
-          f"IMP interval {args.interval} (lr {args.imp_lr}), TAMT lr {args.tamt_lr}, batch {args.batch}")
+          f"IMP interval {args.interval} (lr {args.imp_lr}), TAMT lr {args.tamt_lr} (head {args.head_lr}), "
+          f"batch {args.batch}")
     print(f"{'ticket':<13}{'sparsity':>9}{'MLM loss':>10}{'KD loss':>10}{'steps':>7}{'find+eval s':>13}{'eval s':>8}")
     for label, s, mlm, kd, steps, total, ev in sorted(rows, key=lambda r: (r[1], r[3])):
         print(f"{label:<13}{s:>9.1f}{mlm:>10.3f}{kd:>10.4f}{steps:>7}{total:>13.1f}{ev:>8.1f}")

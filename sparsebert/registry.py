@@ -84,6 +84,6 @@ def weight_of(module: nn.Module):
     return module.weight
 
 
-def prunable_weights(model: nn.Module) -> dict[str, "torch.nn.Parameter"]:
+def prunable_weights(model: nn.Module) -> dict[str, nn.Parameter]:
     """Mask key -> stored weight tensor (the pre-trained values, unmasked)."""
     return {k: weight_of(m) for k, m in prunable_modules(model).items()}

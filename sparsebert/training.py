@@ -9,7 +9,6 @@ directory continues exactly (optimizer, scheduler, RNG, method state; the data o
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import sys
@@ -161,7 +160,7 @@ def train(
 
     metrics: dict[str, Any] = {}
     data = method.batches(step)
-    t0, t_last, step0 = time.perf_counter(), time.perf_counter(), step
+    t0, step0 = time.perf_counter(), step
     running, n_running = 0.0, 0
     for m in method.models():
         m.train()
@@ -189,7 +188,7 @@ def train(
             eta = (cfg.steps - step) / max(rate, 1e-9)
             log(f"step {step}/{cfg.steps} loss {running / n_running:.4f} "
                 f"lr {sched.get_last_lr()[0]:.2e} {rate:.2f} steps/s eta {eta:.0f}s")
-            running, n_running, t_last = 0.0, 0, now
+            running, n_running = 0.0, 0
         at_eval = cfg.eval_every and step % cfg.eval_every == 0
         if at_eval or step == cfg.steps:
             metrics = {"step": step, "train_loss": float(loss.detach()), **step_metrics}

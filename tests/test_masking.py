@@ -18,10 +18,8 @@ from transformers import (
 )
 
 from sparsebert.masking import (
-    FixedMask,
     ScoreMask,
     apply_masks,
-    apply_score_masks,
     bake,
     current_masks,
     has_masks,
@@ -31,7 +29,7 @@ from sparsebert.masking import (
 from sparsebert.models import load_pretraining_model, tiny_model_dir
 from sparsebert.pruning import magnitude_masks, omp_ticket, random_masks, random_ticket
 from sparsebert.registry import UnsupportedModelError, prunable_weight_names, prunable_weights
-from sparsebert.ticket import Method, Ticket, TicketError, TicketMeta, config_hash
+from sparsebert.ticket import Method, Ticket, TicketError, config_hash
 
 LAYER = ["attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
          "intermediate.dense", "output.dense"]

@@ -4,7 +4,6 @@ KD loss (TAMT-KD) and MLM loss (TAMT-MLM, with the fitted head) within a few doz
 from __future__ import annotations
 
 import pytest
-import torch
 
 from sparsebert.data import TextDataConfig, tokenized_blocks
 from sparsebert.mlm_head import HeadFitConfig, ensure_mlm_head

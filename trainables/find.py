@@ -36,21 +36,3 @@ def find_trainable(config: dict[str, Any], shared: SharedText | None = None) -> 
     tune.report({**base, **ticket_columns(spec, store.path(spec), ticket.meta.metrics), "cached": int(not made),
                  "startup_s": first["startup_s"] or time.perf_counter() - t0, **ticket.meta.metrics})
     return None
-    first = {"startup_s": None}
-    to_tune = reporter(base, config.get("checkpoint_every", 1))
-
-    def report(metrics, write):
-        if first["startup_s"] is None:
-            first["startup_s"] = time.perf_counter() - t0
-        to_tune({**metrics, "startup_s": first["startup_s"]}, write)
-
-    with resume_dir() as ckpt:
-        if ckpt is not None and (ckpt / "trainer.pt").is_file():  # restore Tune's checkpoint into the store
-            partial = store.root / "partial" / spec.ticket_id
-            partial.mkdir(parents=True, exist_ok=True)
-            (partial / "trainer.pt").write_bytes((ckpt / "trainer.pt").read_bytes())
-        with store.lock(spec):
-            ticket = make_ticket(spec, eval_spec(config), shared or SharedText(), store, report, log)
-    tune.report({**base, **ticket_columns(spec, store.path(spec), ticket.meta.metrics), "cached": 0,
-                 "startup_s": first["startup_s"] or time.perf_counter() - t0, **ticket.meta.metrics})
-    return None
