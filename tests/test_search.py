@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -132,6 +133,17 @@ def test_a_failing_trial_is_retried_from_its_checkpoint_and_the_sweep_goes_on(ra
     assert (df["status"] == "ERROR").all() and df["error"].str.contains("injected failure at step 3").all()
 
 
+def _kill_session(ray_tmp: str) -> None:
+    import psutil
+
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if any(ray_tmp in part for part in (p.info["cmdline"] or [])):
+                p.kill()
+        except psutil.Error:
+            pass
+
+
 def _terminated_trials(exp: Path) -> list[str]:
     """Trial dirs Tune's own experiment snapshot records as TERMINATED (what a resume keeps as finished)."""
     states = sorted(exp.glob("experiment_state-*.json"))
@@ -153,7 +165,8 @@ def test_driver_sigkill_then_resume_keeps_finished_trials(tmp_path):
     path = _write(tmp_path, "killme", space)
     storage = tmp_path / "s"
     exp = storage / "killme-smoke"
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    ray_tmp = tempfile.mkdtemp(prefix="rk", dir="/tmp")  # short: Ray's socket paths must stay < 108 chars
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_TMPDIR": ray_tmp}
     cmd = [sys.executable, str(REPO / "run_search.py"), "run", str(path), "--smoke", "--storage", str(storage),
            "--cpus", "1"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -164,13 +177,14 @@ def test_driver_sigkill_then_resume_keeps_finished_trials(tmp_path):
         time.sleep(1)
         finished = _terminated_trials(exp)
     assert finished, "no trial finished before the deadline"
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver ...
     proc.wait()
-    # Ray's own daemons of that driver (they outlive it by design); the venv's `ray`, PATH may not have it
-    subprocess.run([str(Path(sys.executable).with_name("ray")), "stop", "--force"], capture_output=True)
+    _kill_session(ray_tmp)  # ... and its Ray daemons, which outlive it by design (not `ray stop`: it would kill
+    # every Ray on the machine, this test process's own included)
     before = {d: len((exp / d / "result.json").read_text().splitlines()) for d in finished}
     out = subprocess.run([sys.executable, str(REPO / "run_search.py"), "resume", str(exp), "--cpus", "1"],
                          env=env, capture_output=True, text=True, timeout=400)
+    _kill_session(ray_tmp)
     assert out.returncode == 0, out.stderr[-3000:]
     df = pd.read_parquet(exp / "results.parquet")
     assert len(df) == 4 and df["trial_id"].is_unique and set(df["status"]) == {"TERMINATED"}
