@@ -201,8 +201,13 @@ def validate(path: Path, raw: dict[str, Any]) -> Space:
     ce = raw.get("checkpoint_every", 1)
     if not isinstance(ce, int) or ce < 1:
         raise _err(path, "checkpoint_every", "must be an integer >= 1")
-    return Space(path=path, name=path.stem, raw=raw, stage=stage, ticket=ticket, variants=variants,
-                 transfer=transfer, eval=ev, tune=tune_cfg, resources={"cpu": 1, **resources}, checkpoint_every=ce)
+    space = Space(path=path, name=path.stem, raw=raw, stage=stage, ticket=ticket, variants=variants,
+                  transfer=transfer, eval=ev, tune=tune_cfg, resources={"cpu": 1, **resources}, checkpoint_every=ce)
+    if raw.get("proxy") is not None:  # the two-stage, proxy-guided search: its rule is checked here too
+        from .proxy_runner import check_space
+
+        check_space(space)
+    return space
 
 
 def _culprit(point: dict, variant: dict, i: int) -> str:
