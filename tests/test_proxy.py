@@ -197,13 +197,12 @@ def _space_file(tmp_path: Path, **changes) -> Path:
 def test_shipped_space_is_valid_and_bad_spaces_are_rejected(tmp_path):
     rule = check_space(load_space("proxy_search", smoke=True))
     assert rule.rule == "topk" and rule.metric == "kd_loss"
-    space = load_space(_space_file(tmp_path, proxy={"rule": "halving"}, transfer={"task": "polarity",
-                                                                                  "max_steps": {"grid": [20, 40]}}))
+    # load_space runs check_space: a bad proxy section never reaches Ray
     with pytest.raises(SpaceError, match="px.yaml: proxy.rule: halving sets transfer.max_steps"):
-        check_space(space)
-    space = load_space(_space_file(tmp_path, stage="evaluate", transfer=None))
+        load_space(_space_file(tmp_path, proxy={"rule": "halving"}, transfer={"task": "polarity",
+                                                                             "max_steps": {"grid": [20, 40]}}))
     with pytest.raises(SpaceError, match="px.yaml: proxy: needs stage transfer"):
-        check_space(space)
+        load_space(_space_file(tmp_path, stage="evaluate", transfer=None))
 
 
 def test_bad_proxy_section_is_bad_input_before_ray(tmp_path, capsys):
