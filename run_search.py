@@ -238,7 +238,7 @@ def cmd_run(args) -> int:
     (exp_dir / SPACE_COPY).write_text(json.dumps(
         {"space": as_dict(space), "storage": storage, "store_root": str(store_root), "name": name}, default=str,
         indent=2))
-    if space.raw.get("proxy"):  # two-stage, proxy-guided search (search_spaces/proxy_runner.py)
+    if space.raw.get("proxy") is not None:  # two-stage, proxy-guided search (search_spaces/proxy_runner.py)
         from search_spaces.proxy_runner import run_proxy_search
 
         return run_proxy_search(space, args, exp_dir, storage, name, store_root)
@@ -292,6 +292,10 @@ def cmd_resume(args) -> int:
         space = validate(Path(meta["space"]["path"]), meta["space"]["raw"])
     except SpaceError as e:
         print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if space.raw.get("proxy") is not None:
+        print(f"error: a proxy-guided experiment resumes by running it again: `run_search.py run {space.path} "
+              f"--overwrite` (every ticket already made is taken from the store)", file=sys.stderr)
         return EXIT_BAD_INPUT
     return _fit(space, exp_dir, meta["storage"], meta["name"], Path(meta["store_root"]), args, restore=True)
 

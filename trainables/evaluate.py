@@ -19,8 +19,9 @@ def evaluate_trainable(config: dict[str, Any], shared: SharedText | None = None)
     shared = shared or SharedText()
     log = log_fn(f"evaluate {spec.label()} s={spec.sparsity}")
     store = TicketStore(config["store"])
-    ticket, _ = store.get_or_make(spec, es, shared, log=log)
-    metrics = evaluate_ticket(ticket, spec, es, shared, log=log)
+    ticket, made = store.get_or_make(spec, es, shared, log=log)
+    # a ticket made just now was evaluated with this very EvalSpec: do not evaluate it twice
+    metrics = dict(ticket.meta.metrics) if made else evaluate_ticket(ticket, spec, es, shared, log=log)
     tune.report({"stage": "evaluate", "startup_s": time.perf_counter() - t0,
                  **ticket_columns(spec, store.path(spec), metrics), **metrics})
     return None
