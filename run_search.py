@@ -151,6 +151,8 @@ def results_frame(result_grid, experiment: str):
                "stage": m.get("stage", cfg.get("stage")), "trial_dir": r.path}
         if r.error is not None:
             row["status"], row["error"] = "ERROR", f"{type(r.error).__name__}: {str(r.error).strip().splitlines()[-1]}"
+        elif not m.get("training_iteration"):  # never reported (cut off before it ran)
+            row["status"], row["error"] = "PENDING", None
         else:
             total, step = m.get("total_steps"), m.get("step")
             stopped = total is not None and step is not None and step < total
