@@ -133,7 +133,8 @@ def _tuner(space, exp_dir: Path, storage: str, name: str, store_root: Path, shar
         run_config=RunConfig(
             name=name, storage_path=storage,
             failure_config=FailureConfig(max_failures=space.tune["max_failures"]),
-            checkpoint_config=CheckpointConfig(num_to_keep=1),
+            # PBT exploits other trials' checkpoints: keep a few; otherwise the last one is enough
+            checkpoint_config=CheckpointConfig(num_to_keep=4 if space.tune["scheduler"]["type"] == "pbt" else 1),
         ),
     )
 
