@@ -33,3 +33,14 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def wikitext2_dir(shared_data) -> Path:
     return _need(shared_data / "wikitext-2-raw")
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A local Ray for one test module (token auth off: nothing listens for other machines)."""
+    import ray
+
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()

@@ -22,16 +22,6 @@ from search_spaces.loader import SpaceError, list_spaces, load_space
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def _write(tmp_path: Path, name: str, space: dict) -> Path:
     p = tmp_path / f"{name}.yaml"
     p.write_text(yaml.safe_dump(space))
