@@ -157,6 +157,9 @@ def results_frame(result_grid, experiment: str):
         else:
             total, step = m.get("total_steps"), m.get("step")
             stopped = total is not None and step is not None and step < total
+            # a ticket-finding trial reports its ticket_path only once the ticket is made: without one it was
+            # stopped by the scheduler (e.g. ASHA on the KD loss) part-way through mask training
+            stopped = stopped or (row["stage"] in ("find", "evaluate") and not m.get("ticket_path"))
             row["status"], row["error"] = ("EARLY_STOPPED" if stopped else "TERMINATED"), None
         ticket = {**(cfg.get("ticket") or {}), **(cfg.get("variant") or {})}
         for k in ("model", "method", "init", "objective", "sparsity", "steps"):

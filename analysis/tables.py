@@ -257,7 +257,9 @@ def tidy(
 
     # per ticket information from find / evaluate rows
     find = d[(d["_stage"] == "find")]
-    find = pd.concat([find[fin[find.index]], find[~fin[find.index]]])  # finished rows first
+    # rows of finished find trials first (an EARLY_STOPPED find trial's losses are of a half-trained mask)
+    done = d["_status"].eq("TERMINATED")
+    find = pd.concat([find[done[find.index]], find[~done[find.index]]])
     evalr = d[(d["_stage"] == "evaluate") & fin]
     tr = d[(d["_stage"] == "transfer") & d["_status"].isin(statuses) & d["best_score"].notna()].copy()
     if not len(tr):

@@ -334,7 +334,9 @@ def shrink(raw: dict[str, Any]) -> dict[str, Any]:
     t["num_samples"] = 2 if searcher_type == "optuna" else 1
     sched = t.get("scheduler")
     if isinstance(sched, dict) and sched.get("type") == "asha":
-        t["scheduler"] = {**sched, "grace_period": 1, "max_t": 2}
+        # a smoke transfer trial reports twice (4 steps, eval every 2); a smoke TAMT trial 5 times (every step of 4,
+        # then its ticket): a find trial cut at max_t makes no ticket
+        t["scheduler"] = {**sched, "grace_period": 1, "max_t": 2 if raw.get("stage", "transfer") == "transfer" else 5}
     raw["tune"] = t
     raw["resources"] = {"cpu": 1}
     return raw

@@ -110,7 +110,7 @@ class IMP:
         return True
 
     def evaluate(self, step: int) -> dict[str, float]:
-        out = {"sparsity": self.sparsity(), "imp_round": self.round}
+        out = {"actual_sparsity": self.sparsity(), "imp_round": self.round}
         out.update(evaluate_mlm(self.model, self.eval_blocks, self.tokenizer, self.cfg.eval_batch_size))
         return out
 

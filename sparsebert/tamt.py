@@ -148,7 +148,7 @@ class TAMT:
         return False
 
     def evaluate(self, step: int) -> dict[str, float]:
-        out: dict[str, float] = {"sparsity": self.actual_sparsity()}
+        out: dict[str, float] = {"actual_sparsity": self.actual_sparsity()}
         if self.teacher is not None:
             out.update(evaluate_kd(self.model, self.teacher, self.eval_blocks, self.cfg.eval_batch_size))
         if self.model.head_pretrained:

@@ -261,3 +261,41 @@ def test_proxy_search_halving_gives_each_ticket_its_budget(ray_local, tmp_path):
     assert (s2["total_steps"].to_numpy() == budget[s2["ticket_id"]].to_numpy()).all()
     ranks = sel.set_index("ticket_id")["proxy_rank"]
     assert set(ranks[s2["ticket_id"]]) == {1, 2}
+
+
+@pytest.mark.slow
+def test_asha_on_the_kd_loss_stops_weak_mask_training_runs(ray_local, tmp_path):
+    """The proxy as an early-stopping metric: tamt_asha.yaml's scheduler on real TAMT-KD trials (tiny model)."""
+    import json
+
+    import run_search
+    from search_spaces.loader import smoke_model_dir
+
+    d = yaml.safe_load((REPO / "search_spaces/tamt_asha.yaml").read_text())
+    d["model"] = str(smoke_model_dir())
+    d["ticket"].update({"text": {"source": "embedded", "block_size": 32, "max_blocks": 128}, "steps": 8,
+                        "batch_size": 4, "reset_every": 2, "lr": {"grid": [3.0e-2, 1.0e-3, 1.0e-1, 3.0e-1, 1.0]}})
+    d["eval"] = {"eval_blocks": 8}
+    d["tune"]["max_concurrent"] = 1  # in grid order: the rungs fill up in a known order
+    p = tmp_path / "ta.yaml"
+    p.write_text(yaml.safe_dump(d))
+    assert run_search.main(["run", str(p), "--storage", str(tmp_path), "--name", "ta"]) == 0
+    df = pd.read_parquet(tmp_path / "ta/results.parquet")
+    assert len(df) == 5 and (df["sparsity"] == 0.7).all() and df["kd_loss"].notna().all()
+    stopped, done = df[df["status"] == "EARLY_STOPPED"], df[df["status"] == "TERMINATED"]
+    assert len(stopped) >= 1 and len(done) >= 1 and len(stopped) + len(done) == 5
+    # 8 steps, evaluated every 2: 4 reports while training, the 5th with the finished ticket
+    assert (done["training_iteration"] == 5).all() and (stopped["training_iteration"] < 5).all()
+    for _, r in done.iterrows():  # finished: the ticket is in the store with the loss the trial reported
+        meta = json.loads((Path(r["ticket_path"]) / "ticket.json").read_text())
+        assert meta["metrics"]["kd_loss"] == pytest.approx(r["kd_loss"])
+    progress = {r["trial_id"]: pd.read_csv(Path(r["trial_dir"]) / "progress.csv").set_index("training_iteration")
+                for _, r in df.iterrows()}
+    for _, r in stopped.iterrows():  # stopped: no ticket, its mask-training state kept to resume from
+        assert r["ticket_path"] is None or pd.isna(r["ticket_path"])
+        assert not (tmp_path / "tickets" / r["ticket_id"] / "mask.safetensors").exists()
+        assert (tmp_path / "partial" / r["ticket_id"] / "trainer.pt").is_file()
+        # ... and stopped because another trial had a lower KD loss at the same rung
+        it = int(r["training_iteration"])
+        others = [p.loc[it, "kd_loss"] for t, p in progress.items() if t != r["trial_id"] and it in p.index]
+        assert r["kd_loss"] > min(others)
