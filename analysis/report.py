@@ -368,12 +368,11 @@ def write_report(
                        for v, lo, hi in zip(show[c], show[f"{c}_ci_low"], show[f"{c}_ci_high"])]  # fmt: skip
         keep = ["task", "x", "group", "n", "pearson", "pearson_p", "spearman", "spearman_p", "kendall", "kendall_p",
                 "note"]  # fmt: skip
-        show = show.rename(columns={"group": "group"})
         for task in ["average"] + sorted(t for t in show["task"].unique() if t != "average"):
             sub = show[show["task"] == task]
             if len(sub):
                 doc.h(3, "Average over tasks" if task == "average" else f"Task {task}")
-                doc.table(sub[keep].rename(columns={"x": "loss", "group": f"sparsity"}))
+                doc.table(sub[keep].rename(columns={"x": "loss", "group": "sparsity"}))
     else:
         doc.p("Nothing to correlate yet.")
 
