@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import os
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -20,9 +22,29 @@ from sparsebert.pipeline import EvalSpec, FinderSpec
 TRAIN_KEYS = {"lr", "weight_decay", "grad_clip", "warmup_steps", "schedule", "eval_every", "seed"}
 
 
+def _join_trial_threads(timeout: float = 10.0) -> None:
+    """At worker exit, give a stopped trial's thread a bounded time to unwind.
+
+    Tune stops a function trial by waking its thread with ``SystemExit`` inside ``tune.report`` and does not wait
+    for it (``session.finish(timeout=0)``); when the actor exits right after (the last trial of an experiment), the
+    thread frees the model and removes its checkpoint temp dir while the interpreter finalizes, and a torch
+    destructor re-taking the GIL then aborts the process (a SIGABRT stack after the results are written). atexit
+    handlers run before finalization, so joining here lets that unwinding finish first."""
+    deadline = time.monotonic() + timeout
+    for t in threading.enumerate():
+        if t is not threading.current_thread() and t.daemon and type(t).__name__ == "RunnerThread":
+            t.join(max(0.0, deadline - time.monotonic()))
+
+
+_AT_EXIT = {"registered": False}
+
+
 def setup_worker() -> float:
     """One torch thread per trial CPU (Ray sets OMP_NUM_THREADS from the trial's resources); quiet HF."""
     t0 = time.perf_counter()
+    if not _AT_EXIT["registered"]:
+        atexit.register(_join_trial_threads)
+        _AT_EXIT["registered"] = True
     n = int(os.environ.get("OMP_NUM_THREADS") or 1)
     torch.set_num_threads(max(1, n))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
