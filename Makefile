@@ -1,8 +1,10 @@
 # make demo : set up (venv + embedded model/corpus) and run the demo sweep on the embedded default
 # make test : set up and run the test suite (what .ci/run calls)
+# make demo DEMO_ARGS=--overwrite : run the demo again over results/demo (extra run_search.py run options)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+DEMO_ARGS ?=
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
@@ -22,7 +24,7 @@ data: setup
 	$(PY) -m sparsebert.embedded prepare
 
 demo: data
-	$(PY) run_search.py run search_spaces/demo.yaml
+	$(PY) run_search.py run search_spaces/demo.yaml $(DEMO_ARGS)
 
 test: data
 	$(PY) -m pytest -q -ra
