@@ -208,6 +208,11 @@ def summarize(df, exp_dir: Path, wall: float) -> int:
             if c in df and df[c].notna().any()]
     if n:
         print(df[cols].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    if n and "stage" in df:
+        cut = df[df["stage"].isin(["find", "evaluate"]) & (df["status"] == "EARLY_STOPPED")]
+        if len(cut):
+            print(f"== {len(cut)} ticket-finding trial(s) stopped by the scheduler before their ticket was made "
+                  "(no ticket); their mask-training state stays in the store's partial/ and resumes if run again")
     failed = df[df["status"] == "ERROR"] if n else df
     for _, row in failed.iterrows():
         print(f"!! trial {row['trial_id']} failed: {row['error']}")

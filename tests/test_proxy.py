@@ -264,7 +264,7 @@ def test_proxy_search_halving_gives_each_ticket_its_budget(ray_local, tmp_path):
 
 
 @pytest.mark.slow
-def test_asha_on_the_kd_loss_stops_weak_mask_training_runs(ray_local, tmp_path):
+def test_asha_on_the_kd_loss_stops_weak_mask_training_runs(ray_local, tmp_path, capsys):
     """The proxy as an early-stopping metric: tamt_asha.yaml's scheduler on real TAMT-KD trials (tiny model)."""
     import json
 
@@ -299,3 +299,4 @@ def test_asha_on_the_kd_loss_stops_weak_mask_training_runs(ray_local, tmp_path):
         it = int(r["training_iteration"])
         others = [p.loc[it, "kd_loss"] for t, p in progress.items() if t != r["trial_id"] and it in p.index]
         assert r["kd_loss"] > min(others)
+    assert f"{len(stopped)} ticket-finding trial(s) stopped by the scheduler" in capsys.readouterr().out
