@@ -36,15 +36,12 @@ def _join_trial_threads(timeout: float = 10.0) -> None:
             t.join(max(0.0, deadline - time.monotonic()))
 
 
-_AT_EXIT = {"registered": False}
+atexit.register(_join_trial_threads)  # a no-op in processes without trial threads (the driver)
 
 
 def setup_worker() -> float:
     """One torch thread per trial CPU (Ray sets OMP_NUM_THREADS from the trial's resources); quiet HF."""
     t0 = time.perf_counter()
-    if not _AT_EXIT["registered"]:
-        atexit.register(_join_trial_threads)
-        _AT_EXIT["registered"] = True
     n = int(os.environ.get("OMP_NUM_THREADS") or 1)
     torch.set_num_threads(max(1, n))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
