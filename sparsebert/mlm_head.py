@@ -69,7 +69,7 @@ class HeadFit:
         return {k: v.detach().clone() for k, v in self.model.head_state().items()}
 
     def load_state_dict(self, state):
-        self.model.head.load_state_dict(state, strict=False)
+        self.model.load_head_state(state, "MLM-head checkpoint")
 
 
 def head_cache_path(model_name: str, data_id: str, cfg: HeadFitConfig) -> Path:

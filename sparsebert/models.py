@@ -97,8 +97,18 @@ class PretrainingModel(nn.Module):
         return [p for p in self.head.parameters() if p is not tied]
 
     def head_state(self) -> dict[str, torch.Tensor]:
-        tied = {id(p) for p in [self.base.embeddings.word_embeddings.weight]}
-        return {k: v for k, v in self.head.state_dict().items() if "decoder" not in k and id(v) not in tied}
+        """The head's own tensors by state-dict key: all but the decoder's (its weight is the word embedding, its
+        bias the head's ``bias``). By key, not by tensor identity: under a mask the embedding's ``.weight`` is a
+        fresh tensor per access, and an ``id()`` of it can be reused by another tensor and drop it."""
+        return {k: v for k, v in self.head.state_dict().items() if "decoder" not in k}
+
+    def load_head_state(self, state: dict[str, torch.Tensor], source: str = "head state") -> None:
+        """Load a :meth:`head_state` dict; every non-decoder key must be present and nothing else."""
+        missing, unexpected = self.head.load_state_dict(state, strict=False)
+        missing = [k for k in missing if "decoder" not in k]
+        if missing or unexpected:
+            raise ValueError(f"{source}: MLM head does not match the model (missing {missing}, "
+                             f"unexpected {unexpected})")
 
 
 def _head_of(mlm_model: nn.Module, model_type: str) -> nn.Module:
@@ -140,11 +150,7 @@ def load_pretraining_model(name: str, mlm_head: str | None = None) -> Pretrainin
 def load_head(model: PretrainingModel, path: str | os.PathLike) -> None:
     from safetensors.torch import load_file
 
-    state = load_file(str(path))
-    missing, unexpected = model.head.load_state_dict(state, strict=False)
-    missing = [k for k in missing if "decoder" not in k]
-    if missing or unexpected:
-        raise ValueError(f"{path}: MLM head does not match the model (missing {missing}, unexpected {unexpected})")
+    model.load_head_state(load_file(str(path)), str(path))
     model.head_pretrained = True
 
 

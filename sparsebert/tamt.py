@@ -167,7 +167,7 @@ class TAMT:
             for k, s in self.scores.items():
                 s.scores.copy_(state["scores"][k])
                 s.threshold.copy_(state["thresholds"][k])
-            self.model.head.load_state_dict(state["head"], strict=False)
+            self.model.load_head_state(state["head"], "TAMT checkpoint")
 
     # ---- tickets ------------------------------------------------------------------------------------------------
     def reset_thresholds(self) -> None:

@@ -136,6 +136,21 @@ def test_interrupted_and_resumed_run_gives_the_same_mask(tiny, tok, blocks, tmp_
     assert any(not torch.equal(other.scores[k].scores, full.scores[k].scores) for k in a)
 
 
+def test_checkpointed_head_keeps_every_head_tensor_under_a_masked_embedding(tiny, tok, blocks):
+    """Regression: head_state once told the tied decoder apart by id(); under a mask the embedding's .weight is a
+    fresh tensor per access, whose recycled id could drop the head's bias from a TAMT checkpoint at random."""
+    t = make_tamt(tiny, tok, blocks, objective="mlm", sparsity=0.5)
+    want = {k for k in t.model.head.state_dict() if "decoder" not in k}
+    assert "predictions.bias" in want
+    for step in range(20):  # as in training: checkpoints between forward passes (the collision needs both)
+        t.loss(next(t.batches(step)), step)[0].backward()
+        state = t.state_dict()
+        assert set(state["head"]) == want
+    t.load_state_dict(state)  # and it loads back, key for key
+    with pytest.raises(ValueError, match="missing \\['predictions.bias'\\]"):
+        t.load_state_dict({**state, "head": {k: v for k, v in state["head"].items() if k != "predictions.bias"}})
+
+
 def test_imp_prunes_ten_percent_per_interval_and_rewinds(tiny, tok, blocks, tmp_path):
     model = load_pretraining_model(tiny)
     pretrained = {k: v.detach().clone() for k, v in prunable_weights(model.base).items()}
