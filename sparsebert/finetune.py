@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
-import numpy as np
 import torch
 from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification
 from datasets.utils import logging as datasets_logging
@@ -24,7 +23,9 @@ from . import squad
 from .masking import apply_masks
 from .metrics import compute_task_metrics, main_score, squad_metrics
 from .models import resolve
-from .tasks import TaskSpec, data_collator, get_task, load_task, tokenize_task
+from .runtime import CPU, Runtime, prefetch, to_cpu
+from .task_tensors import TaskTensors, eval_order, train_batches
+from .tasks import TaskSpec, get_task, load_task, tokenize_task
 from .ticket import Ticket
 from .training import TrainConfig
 
@@ -43,9 +44,14 @@ class FinetuneConfig:
     max_steps: int = field(default=0, metadata={"help": "if > 0, overrides epochs"})
     subset_size: int | None = field(default=None, metadata={"help": "few-shot: seeded subset of the train split"})
     max_eval_examples: int | None = field(default=None, metadata={"help": "first N of each eval split (smoke)"})
+    length_buckets: int = field(default=50, metadata={"help": (
+        "dynamic padding with length bucketing: each chunk of batch_size x N shuffled rows is sorted by length "
+        "before it is cut into batches (less padding, same epoch); 1 = plain shuffled batches")})
 
     def __post_init__(self) -> None:
         get_task(self.task)  # unknown task -> ValueError listing the valid names
+        if not isinstance(self.length_buckets, int) or self.length_buckets < 1:
+            raise ValueError(f"length_buckets must be an integer >= 1, got {self.length_buckets!r}")
 
 
 def paper_finetune(task: str) -> tuple[FinetuneConfig, TrainConfig]:
@@ -58,23 +64,12 @@ def paper_finetune(task: str) -> tuple[FinetuneConfig, TrainConfig]:
             TrainConfig(lr=2e-5, eval_every=500 if spec.name == "mnli" else 50, weight_decay=0.0, warmup_steps=0))
 
 
-def index_batches(n: int, batch_size: int, seed: int, start_step: int) -> Iterator[list[int]]:
-    """Shuffled epochs of ``range(n)`` (epoch e permuted with seed + e); the batch at step k is a function of k."""
-    per_epoch = math.ceil(n / batch_size)
-    step = start_step
-    while True:
-        epoch, pos = divmod(step, per_epoch)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
-        for p in range(pos, per_epoch):
-            yield perm[p * batch_size : (p + 1) * batch_size]
-            step += 1
-
-
 class FineTune:
     def __init__(
         self, model_name: str, cfg: FinetuneConfig, tokenizer, ticket: Ticket | None = None, seed: int = 0,
-        datasets=None,
+        datasets=None, runtime: Runtime = CPU,
     ):
+        self.runtime = runtime
         self.spec: TaskSpec = get_task(cfg.task)
         self.cfg, self.tokenizer, self.seed, self.ticket = cfg, tokenizer, seed, ticket
         raw = datasets if datasets is not None else load_task(
@@ -88,7 +83,9 @@ class FineTune:
         self.eval_ds = {s: tok[s] for s in self.spec.eval_splits if s in tok}
         if not self.eval_ds:
             raise ValueError(f"{self.spec.name}: no evaluation split loaded")
-        self.collate = data_collator(tokenizer)
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.train_t = TaskTensors.from_dataset(self.train_ds, pad_id)
+        self.eval_t = {s: TaskTensors.from_dataset(ds, pad_id) for s, ds in self.eval_ds.items()}
         torch.manual_seed(seed)  # the task head's initialisation
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()
@@ -103,6 +100,7 @@ class FineTune:
             hf_logging.set_verbosity(verbosity)
         if ticket is not None:
             apply_masks(self.model, ticket, zero_pruned=True)
+        self.model.to(runtime.device)
         self.best: dict[str, Any] = {"best_score": -math.inf, "best_step": 0}
 
     def num_steps(self) -> int:
@@ -120,14 +118,8 @@ class FineTune:
     def schedule_steps(self):
         return None
 
-    def _batch(self, ds, idx: list[int]) -> dict[str, torch.Tensor]:
-        rows = ds.select(idx) if len(idx) else ds
-        feats = [{k: v for k, v in r.items() if k not in ("example_id", "offset_mapping")} for r in rows]
-        return self.collate(feats)
-
     def batches(self, start_step: int):
-        for idx in index_batches(len(self.train_ds), self.cfg.batch_size, self.seed, start_step):
-            yield self._batch(self.train_ds, idx)
+        yield from train_batches(self.train_t, self.cfg.batch_size, self.seed, start_step, self.cfg.length_buckets)
 
     def loss(self, batch, step):
         return self.model(**batch).loss, {}
@@ -136,33 +128,38 @@ class FineTune:
         return False
 
     @torch.no_grad()
-    def _predict(self, ds):
+    def _predict(self, split: str):
+        """Outputs of the model on every row of ``split``, in the split's order, on the CPU: logits [N, C], or
+        for spans a list of (start, end) per-row arrays (each as wide as its batch)."""
+        data, rt = self.eval_t[split], self.runtime
         self.model.eval()
+        order = eval_order(data.lengths, self.cfg.eval_batch_size)
         outs = []
-        for i in range(0, len(ds), self.cfg.eval_batch_size):
-            b = self._batch(ds, list(range(i, min(i + self.cfg.eval_batch_size, len(ds)))))
-            b.pop("labels", None)
-            b.pop("start_positions", None)
-            b.pop("end_positions", None)
-            out = self.model(**b)
-            if self.spec.kind == "span":
-                outs.append((out.start_logits.numpy(), out.end_logits.numpy()))
-            else:
-                outs.append(out.logits.numpy())
-        return outs
+        for b in prefetch((data.batch(i, with_targets=False) for i in order), rt):
+            with rt.autocast():
+                out = self.model(**b)
+            outs.append((out.start_logits.float(), out.end_logits.float()) if self.spec.kind == "span"
+                        else out.logits.float())
+        if self.spec.kind == "span":  # rows back in order; positions past a row's batch width are padding anyway
+            start, end = [None] * len(data), [None] * len(data)
+            for idx, (s, e) in zip(order, outs):
+                s, e = s.cpu().numpy(), e.cpu().numpy()
+                for j, row in enumerate(idx.tolist()):
+                    start[row], end[row] = s[j], e[j]
+            return start, end
+        logits = torch.cat(outs).cpu()
+        return torch.empty_like(logits).index_copy_(0, torch.cat(order), logits).numpy()
 
     def evaluate(self, step: int) -> dict[str, float]:
         per_split: dict[str, dict[str, float]] = {}
         for split, ds in self.eval_ds.items():
-            outs = self._predict(ds)
             if self.spec.kind == "span":
-                start = [row for s, _ in outs for row in s]
-                end = [row for _, e in outs for row in e]
+                start, end = self._predict(split)
                 preds = squad.postprocess_predictions(self.raw[split], ds, start, end)
                 per_split[split] = squad_metrics(preds, self.raw[split])
             else:
-                logits = np.concatenate(outs)
-                per_split[split] = compute_task_metrics(self.spec.name, logits, np.asarray(ds["labels"]))
+                labels = self.eval_t[split].targets["labels"].numpy()
+                per_split[split] = compute_task_metrics(self.spec.name, self._predict(split), labels)
         score = main_score(self.spec.name, per_split)
         flat: dict[str, float] = {"score": score}
         for split, m in per_split.items():
@@ -173,7 +170,7 @@ class FineTune:
         return {**flat, **self.best}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"model": {k: v.detach().clone() for k, v in self.model.state_dict().items()}, "best": dict(self.best)}
+        return {"model": to_cpu(self.model.state_dict()), "best": dict(self.best)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])

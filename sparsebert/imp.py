@@ -14,14 +14,16 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+from torch.nn.utils import parametrize
 
-from .data import iterate_batches, mask_tokens
+from .data import iterate_batches
 from .evaluation import evaluate_mlm
 from .masking import apply_masks, mask_params
 from .models import PretrainingModel
-from .objectives import mlm_loss_from_hidden
+from .objectives import mlm_batch, mlm_loss_at
 from .pruning import check_sparsity, magnitude_masks
 from .registry import prunable_modules
+from .runtime import CPU, Runtime, to_cpu
 from .ticket import Method as TicketMethod
 from .ticket import Ticket, TicketMeta
 from .training import step_generator
@@ -55,10 +57,12 @@ class IMP:
     def __init__(
         self, model: PretrainingModel, cfg: IMPConfig, tokenizer, train_blocks: torch.Tensor,
         eval_blocks: torch.Tensor, model_name: str, ticket_dir: str | Path | None = None, seed: int = 0,
+        runtime: Runtime = CPU,
     ):
         if not model.head_pretrained:
             raise ValueError("IMP trains with the MLM loss and needs a pre-trained (or fitted) MLM head")
-        self.model, self.cfg, self.tokenizer = model, cfg, tokenizer
+        self.model, self.cfg, self.tokenizer, self.runtime = model, cfg, tokenizer, runtime
+        model.to(runtime.device)
         self.train_blocks, self.eval_blocks = train_blocks, eval_blocks[: cfg.eval_blocks]
         self.model_name, self.seed = model_name, seed
         self.ticket_dir = Path(ticket_dir) if ticket_dir else None
@@ -88,20 +92,15 @@ class IMP:
     def schedule_steps(self):
         return self.cfg.interval
 
-    def batches(self, start_step: int) -> Iterator[torch.Tensor]:
-        for _, batch in iterate_batches(self.train_blocks, self.cfg.batch_size, self.seed, start_step):
-            yield batch
+    def batches(self, start_step: int) -> Iterator[dict[str, torch.Tensor]]:
+        for step, ids in iterate_batches(self.train_blocks, self.cfg.batch_size, self.seed, start_step):
+            yield mlm_batch(ids, self.tokenizer, step_generator(self.seed, step), self.cfg.mlm_probability)
 
-    def loss(self, ids: torch.Tensor, step: int):
-        ids, labels = mask_tokens(
-            ids, self.tokenizer, generator=step_generator(self.seed, step), mlm_probability=self.cfg.mlm_probability
-        )
-        from torch.nn.utils import parametrize
-
+    def loss(self, batch: dict[str, torch.Tensor], step: int):
         with parametrize.cached():
-            out = self.model(ids)
-            loss = mlm_loss_from_hidden(self.model, out.last_hidden_state, labels)
-        return loss, {"train_mlm_loss": float(loss.detach())}
+            out = self.model(batch["input_ids"])
+            loss = mlm_loss_at(self.model, out.last_hidden_state, batch["positions"], batch["targets"])
+        return loss, {"train_mlm_loss": loss.detach()}
 
     def after_step(self, step: int) -> bool:
         if step % self.cfg.interval or self.round >= self.cfg.rounds():
@@ -111,13 +110,13 @@ class IMP:
 
     def evaluate(self, step: int) -> dict[str, float]:
         out = {"actual_sparsity": self.sparsity(), "imp_round": self.round}
-        out.update(evaluate_mlm(self.model, self.eval_blocks, self.tokenizer, self.cfg.eval_batch_size))
+        out.update(evaluate_mlm(self.model, self.eval_blocks, self.tokenizer, self.cfg.eval_batch_size,
+                                runtime=self.runtime))
         return out
 
     def state_dict(self) -> dict[str, Any]:
-        masks = {k: p.mask.clone() for k, p in mask_params(self.model.base).items()}
-        weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        return {"round": self.round, "masks": masks, "weights": weights}
+        masks = {k: p.mask for k, p in mask_params(self.model.base).items()}
+        return to_cpu({"round": self.round, "masks": masks, "weights": self.model.state_dict()})
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.round = int(state["round"])
@@ -137,7 +136,7 @@ class IMP:
         effective = {k: modules[k].weight.detach() for k in params}
         masks = magnitude_masks(effective, s)
         for k, p in params.items():
-            p.mask.copy_(masks[k].to(p.mask.dtype))
+            p.mask.copy_(masks[k])  # copy_ converts dtype and device
         self.model.load_state_dict(self.pretrained)  # rewind everything (encoder + head) to pre-trained
         meta = TicketMeta(
             model=self.model_name, method=TicketMethod.IMP, sparsity=s, objective="mlm", steps=step,

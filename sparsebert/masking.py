@@ -24,14 +24,28 @@ from .registry import prunable_modules
 from .ticket import Ticket, validate_masks
 
 
+def compute_dtype(weight: torch.Tensor) -> torch.dtype:
+    """The dtype a masked weight is computed in: autocast's (bf16/fp16) when autocast is on for the weight's
+    device, else the weight's own. Computing the product in that dtype (once per step under
+    ``parametrize.cached()``) spares every matmul a cast of the fp32 weight."""
+    kind = weight.device.type
+    if torch.is_autocast_enabled(kind):
+        return torch.get_autocast_dtype(kind)
+    return weight.dtype
+
+
 class FixedMask(nn.Module):
-    """weight -> weight * mask, mask fixed (kept in the weight's dtype so the product needs no conversion)."""
+    """weight -> weight * mask, mask fixed (kept in the weight's dtype so the product needs no conversion; under
+    autocast both are cast to the compute dtype first)."""
 
     def __init__(self, mask: torch.Tensor, dtype: torch.dtype = torch.float32):
         super().__init__()
         self.register_buffer("mask", mask.to(dtype), persistent=False)
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        dtype = compute_dtype(weight)
+        if dtype != weight.dtype:
+            return weight.to(dtype) * self.mask.to(dtype)
         return weight * self.mask
 
     def binary_mask(self) -> torch.Tensor:
@@ -102,7 +116,8 @@ class ScoreMask(nn.Module):
         return _StraightThroughThreshold.apply(self.scores, self.threshold)
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return weight * self.mask_values().to(weight.dtype)
+        dtype = compute_dtype(weight)
+        return weight.to(dtype) * self.mask_values().to(dtype)
 
     @torch.no_grad()
     def reset_threshold(self) -> None:
@@ -122,7 +137,7 @@ class ScoreMask(nn.Module):
         if deficit > 0:
             tied = (flat == tau).nonzero().squeeze(1)
             order = torch.argsort((~was_kept[tied]).to(torch.int8), stable=True)
-            flat[tied[order[:deficit]]] = torch.nextafter(tau, torch.tensor(float("inf")))
+            flat[tied[order[:deficit]]] = torch.nextafter(tau, torch.full_like(tau, float("inf")))
 
     @torch.no_grad()
     def binary_mask(self) -> torch.Tensor:

@@ -14,9 +14,10 @@ from typing import Iterator
 
 import torch
 
-from .data import iterate_batches, mask_tokens
+from .data import iterate_batches
 from .models import PretrainingModel, load_head, resolve, save_head
-from .objectives import mlm_loss_from_hidden
+from .objectives import mlm_batch, mlm_loss_at
+from .runtime import CPU, Runtime, to_cpu
 from .ticket import config_hash
 from .training import TrainConfig, step_generator, train
 
@@ -30,8 +31,10 @@ class HeadFitConfig:
 
 
 class HeadFit:
-    def __init__(self, model: PretrainingModel, tokenizer, blocks: torch.Tensor, cfg: HeadFitConfig):
-        self.model, self.tokenizer, self.blocks, self.cfg = model, tokenizer, blocks, cfg
+    def __init__(self, model: PretrainingModel, tokenizer, blocks: torch.Tensor, cfg: HeadFitConfig,
+                 runtime: Runtime = CPU):
+        self.model, self.tokenizer, self.blocks, self.cfg, self.runtime = model, tokenizer, blocks, cfg, runtime
+        model.to(runtime.device)
         for p in model.parameters():
             p.requires_grad_(False)
         self.params = model.head_params()
@@ -47,17 +50,15 @@ class HeadFit:
     def schedule_steps(self):
         return None
 
-    def batches(self, start_step: int) -> Iterator[torch.Tensor]:
-        for _, b in iterate_batches(self.blocks, self.cfg.batch_size, self.cfg.seed, start_step):
-            yield b
+    def batches(self, start_step: int) -> Iterator[dict[str, torch.Tensor]]:
+        for step, ids in iterate_batches(self.blocks, self.cfg.batch_size, self.cfg.seed, start_step):
+            yield mlm_batch(ids, self.tokenizer, step_generator(self.cfg.seed, step))
 
-    def loss(self, ids, step):
-        ids, labels = mask_tokens(ids, self.tokenizer, generator=step_generator(self.cfg.seed, step))
+    def loss(self, batch, step):
         with torch.no_grad():
             self.model.base.eval()
-            hidden = self.model(ids).last_hidden_state
-        loss = mlm_loss_from_hidden(self.model, hidden, labels)
-        return loss, {}
+            hidden = self.model(batch["input_ids"]).last_hidden_state
+        return mlm_loss_at(self.model, hidden, batch["positions"], batch["targets"]), {}
 
     def after_step(self, step):
         return False
@@ -66,7 +67,7 @@ class HeadFit:
         return {}
 
     def state_dict(self):
-        return {k: v.detach().clone() for k, v in self.model.head_state().items()}
+        return to_cpu(self.model.head_state())
 
     def load_state_dict(self, state):
         self.model.load_head_state(state, "MLM-head checkpoint")
@@ -82,7 +83,7 @@ def head_cache_path(model_name: str, data_id: str, cfg: HeadFitConfig) -> Path:
 
 def ensure_mlm_head(
     model: PretrainingModel, model_name: str, tokenizer, blocks: torch.Tensor, data_id: str,
-    cfg: HeadFitConfig | None = None, log=None,
+    cfg: HeadFitConfig | None = None, log=None, runtime: Runtime = CPU,
 ) -> Path | None:
     """Give ``model`` a usable MLM head: nothing to do if the checkpoint has one (returns None); otherwise load the
     cached fitted head or fit it now (and cache it). Returns the head file."""
@@ -94,14 +95,15 @@ def ensure_mlm_head(
     with open(path.with_suffix(".lock"), "w") as lock:  # concurrent trials wait for one fit instead of repeating it
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not path.is_file():
-            _fit_and_save(model, model_name, tokenizer, blocks, cfg, path, log)
+            _fit_and_save(model, model_name, tokenizer, blocks, cfg, path, log, runtime)
     load_head(model, path)
     return path
 
 
-def _fit_and_save(model, model_name, tokenizer, blocks, cfg, path, log) -> None:
-    (log or print)(f"fitting an MLM head for {model_name} ({cfg.steps} steps, encoder frozen) -> {path}")
-    train(HeadFit(model, tokenizer, blocks, cfg), TrainConfig(steps=cfg.steps, lr=cfg.lr, eval_every=0,
+def _fit_and_save(model, model_name, tokenizer, blocks, cfg, path, log, runtime: Runtime = CPU) -> None:
+    (log or print)(f"fitting an MLM head for {model_name} ({cfg.steps} steps, encoder frozen, "
+                   f"{runtime.describe()}) -> {path}")
+    train(HeadFit(model, tokenizer, blocks, cfg, runtime), TrainConfig(steps=cfg.steps, lr=cfg.lr, eval_every=0,
                                                                log_every=max(cfg.steps // 5, 1), seed=cfg.seed))
     save_head(model, path)
     for p in model.parameters():

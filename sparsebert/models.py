@@ -160,7 +160,7 @@ def save_head(model: PretrainingModel, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in model.head_state().items()}, str(tmp))
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.head_state().items()}, str(tmp))
     os.replace(tmp, path)
     return path
 

@@ -38,18 +38,26 @@ class ObjectiveConfig:
         self.objective = Objective(self.objective)
 
 
+def mlm_targets(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(flat positions of the masked tokens, their target ids) from MLM labels (-100 elsewhere). Computed where the
+    masking happens (the CPU), so the loss on the device needs no boolean indexing (no sync per step)."""
+    flat = labels.reshape(-1)
+    positions = (flat != -100).nonzero().squeeze(1)
+    return positions, flat[positions]
+
+
+def mlm_loss_at(model, last_hidden: torch.Tensor, positions: torch.Tensor, targets: torch.Tensor,
+                reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy of the MLM head's logits at ``positions`` (flat indices into [B*T]) against ``targets``; the
+    decoder runs on those rows only."""
+    rows = last_hidden.reshape(-1, last_hidden.shape[-1]).index_select(0, positions)
+    return F.cross_entropy(model.mlm_logits(rows).float(), targets, reduction=reduction)
+
+
 def mlm_loss_from_hidden(model, last_hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Cross-entropy over masked positions only (labels == -100 elsewhere)."""
-    sel = labels != -100
-    logits = model.mlm_logits(last_hidden[sel])
-    return F.cross_entropy(logits.float(), labels[sel])
-
-
-def mlm_sums(model, last_hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """(sum of token cross-entropies, number of masked tokens): for token-weighted evaluation."""
-    sel = labels != -100
-    logits = model.mlm_logits(last_hidden[sel])
-    return F.cross_entropy(logits.float(), labels[sel], reduction="sum"), int(sel.sum())
+    positions, targets = mlm_targets(labels)
+    return mlm_loss_at(model, last_hidden, positions, targets)
 
 
 def kd_loss(
@@ -69,3 +77,14 @@ def kd_loss(
             m = attention_mask.to(d.dtype)
             losses.append((d * m).sum() / m.sum().clamp_min(1.0))
     return torch.stack(losses).mean()
+
+
+def mlm_batch(ids: torch.Tensor, tokenizer, generator: torch.Generator, mlm_probability: float = 0.15
+              ) -> dict[str, torch.Tensor]:
+    """A CPU batch for an MLM step: masked ``input_ids`` plus the flat ``positions`` and ``targets`` of the
+    masked tokens (the standard 15 % / 80-10-10 rule, drawn from ``generator``)."""
+    from .data import mask_tokens
+
+    masked, labels = mask_tokens(ids, tokenizer, generator=generator, mlm_probability=mlm_probability)
+    positions, targets = mlm_targets(labels)
+    return {"input_ids": masked, "positions": positions, "targets": targets}

@@ -17,13 +17,14 @@ from typing import Any, Iterator
 import torch
 from torch.nn.utils import parametrize
 
-from .data import iterate_batches, mask_tokens
+from .data import iterate_batches
 from .evaluation import evaluate_kd, evaluate_mlm
 from .masking import ScoreMask, apply_score_masks, current_masks
 from .models import PretrainingModel
-from .objectives import Objective, ObjectiveConfig, kd_loss, mlm_loss_from_hidden
+from .objectives import Objective, ObjectiveConfig, kd_loss, mlm_batch, mlm_loss_at
 from .pruning import check_sparsity, magnitude_masks, random_masks
 from .registry import prunable_weights
+from .runtime import CPU, Runtime, to_cpu
 from .ticket import Method as TicketMethod
 from .ticket import Ticket, TicketMeta
 from .training import step_generator
@@ -80,8 +81,9 @@ class TAMT:
         model_name: str,
         ticket_dir: str | Path | None = None,
         seed: int = 0,
+        runtime: Runtime = CPU,
     ):
-        self.model, self.cfg, self.tokenizer = model, cfg, tokenizer
+        self.model, self.cfg, self.tokenizer, self.runtime = model, cfg, tokenizer, runtime
         self.train_blocks, self.eval_blocks = train_blocks, eval_blocks[: cfg.eval_blocks]
         self.model_name, self.seed = model_name, seed
         self.ticket_dir = Path(ticket_dir) if ticket_dir else None
@@ -102,6 +104,9 @@ class TAMT:
         for p in self.head:
             p.requires_grad_(True)
         self.saved: dict[int, Path] = {}
+        model.to(runtime.device)  # scores, thresholds and head go with it (fp32); the teacher too
+        if self.teacher is not None:
+            self.teacher.to(runtime.device)
 
     # ---- Method protocol ----------------------------------------------------------------------------------------
     def parameters(self):
@@ -116,20 +121,22 @@ class TAMT:
     def schedule_steps(self):
         return None
 
-    def batches(self, start_step: int) -> Iterator[torch.Tensor]:
-        for _, batch in iterate_batches(self.train_blocks, self.cfg.batch_size, self.seed, start_step):
-            yield batch
+    def batches(self, start_step: int) -> Iterator[dict[str, torch.Tensor]]:
+        """CPU batches: the block slice, MLM-masked here (seeded by the step) when the objective uses MLM."""
+        for step, ids in iterate_batches(self.train_blocks, self.cfg.batch_size, self.seed, start_step):
+            if self.objective.uses_mlm:
+                yield mlm_batch(ids, self.tokenizer, step_generator(self.seed, step),
+                                self.cfg.objective.mlm_probability)
+            else:
+                yield {"input_ids": ids}
 
-    def loss(self, ids: torch.Tensor, step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        oc, labels = self.cfg.objective, None
-        if self.objective.uses_mlm:
-            g = step_generator(self.seed, step)
-            ids, labels = mask_tokens(ids, self.tokenizer, generator=g, mlm_probability=oc.mlm_probability)
+    def loss(self, batch: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        oc, ids = self.cfg.objective, batch["input_ids"]
         with parametrize.cached():  # each masked matrix (incl. the tied decoder) computed once per step
             out = self.model(ids, output_hidden_states=self.objective.uses_kd)
             parts: dict[str, torch.Tensor] = {}
             if self.objective.uses_mlm:
-                parts["mlm"] = mlm_loss_from_hidden(self.model, out.last_hidden_state, labels)
+                parts["mlm"] = mlm_loss_at(self.model, out.last_hidden_state, batch["positions"], batch["targets"])
         if self.objective.uses_kd:
             with torch.no_grad():
                 teacher_hidden = self.teacher(ids, output_hidden_states=True).hidden_states
@@ -138,7 +145,7 @@ class TAMT:
             loss = oc.mlm_weight * parts["mlm"] + oc.kd_weight * parts["kd"]
         else:
             (loss,) = parts.values()
-        return loss, {f"train_{k}_loss": float(v.detach()) for k, v in parts.items()}
+        return loss, {f"train_{k}_loss": v.detach() for k, v in parts.items()}
 
     def after_step(self, step: int) -> bool:
         if self.cfg.binarizer == "threshold" and step % self.cfg.reset_every == 0:
@@ -150,24 +157,26 @@ class TAMT:
     def evaluate(self, step: int) -> dict[str, float]:
         out: dict[str, float] = {"actual_sparsity": self.actual_sparsity()}
         if self.teacher is not None:
-            out.update(evaluate_kd(self.model, self.teacher, self.eval_blocks, self.cfg.eval_batch_size))
+            out.update(evaluate_kd(self.model, self.teacher, self.eval_blocks, self.cfg.eval_batch_size,
+                                   runtime=self.runtime))
         if self.model.head_pretrained:
-            out.update(evaluate_mlm(self.model, self.eval_blocks, self.tokenizer, self.cfg.eval_batch_size))
+            out.update(evaluate_mlm(self.model, self.eval_blocks, self.tokenizer, self.cfg.eval_batch_size,
+                                    runtime=self.runtime))
         return out
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "scores": {k: s.scores.detach().clone() for k, s in self.scores.items()},
-            "thresholds": {k: s.threshold.clone() for k, s in self.scores.items()},
-            "head": {k: v.detach().clone() for k, v in self.model.head_state().items()},
-        }
+        return to_cpu({
+            "scores": {k: s.scores for k, s in self.scores.items()},
+            "thresholds": {k: s.threshold for k, s in self.scores.items()},
+            "head": self.model.head_state(),
+        })
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         with torch.no_grad():
             for k, s in self.scores.items():
                 s.scores.copy_(state["scores"][k])
                 s.threshold.copy_(state["thresholds"][k])
-            self.model.load_head_state(state["head"], "TAMT checkpoint")
+            self.model.load_head_state(state["head"], "TAMT checkpoint")  # load_state_dict copies to the device
 
     # ---- tickets ------------------------------------------------------------------------------------------------
     def reset_thresholds(self) -> None:

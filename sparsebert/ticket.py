@@ -109,7 +109,7 @@ class Ticket:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
         try:
-            save_file({n: m.contiguous() for n, m in self.masks.items()}, str(tmp / MASK_FILE))
+            save_file({n: m.detach().cpu().contiguous() for n, m in self.masks.items()}, str(tmp / MASK_FILE))
             (tmp / META_FILE).write_text(json.dumps(self.meta.to_json(), indent=2, sort_keys=True))
             if path.exists():
                 old = path.with_name(f".{path.name}.old.{os.getpid()}")

@@ -9,8 +9,8 @@ directory continues exactly (optimizer, scheduler, RNG, method state; the data o
 
 from __future__ import annotations
 
+import math
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -20,6 +20,8 @@ from typing import Any, Callable, Iterator, Protocol
 
 import torch
 from torch import nn
+
+from .runtime import CPU, Runtime, prefetch, to_cpu
 
 CHECKPOINT_FILE = "trainer.pt"
 
@@ -52,7 +54,9 @@ class TrainConfig:
 
 class Method(Protocol):
     """What differs between methods. ``batches(start)`` must yield the same batch for a given step wherever it
-    starts (exact resume)."""
+    starts (exact resume); batches are CPU tensors (the loop moves them to the method's device, one step ahead), so
+    per-step randomness such as MLM masking belongs in ``batches``, not in ``loss``. ``loss`` runs under the
+    runtime's autocast; its metrics may be device tensors (read only when reported)."""
 
     def parameters(self) -> list[nn.Parameter]: ...
     def batches(self, start_step: int) -> Iterator[Any]: ...
@@ -63,6 +67,7 @@ class Method(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
     def schedule_steps(self) -> int | None: ...  # length of one LR schedule (None: the whole run)
     def models(self) -> list[nn.Module]: ...  # put in train() mode during steps
+    # runtime: Runtime  -- optional attribute: the device/precision the method's models live on (default CPU fp32)
 
 
 def _schedule(cfg: TrainConfig, total: int) -> Callable[[int], float]:
@@ -76,8 +81,9 @@ def _schedule(cfg: TrainConfig, total: int) -> Callable[[int], float]:
     return factor
 
 
-def _build_optim(method: Method, cfg: TrainConfig, total: int):
-    """AdamW over the method's parameters; a method may give param groups (dicts with their own ``lr``)."""
+def _build_optim(method: Method, cfg: TrainConfig, total: int, runtime: Runtime = CPU):
+    """AdamW over the method's parameters (fused on CUDA); a method may give param groups (dicts with their own
+    ``lr``)."""
     groups = list(method.parameters())
     if groups and isinstance(groups[0], dict):
         groups = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in groups]
@@ -88,26 +94,28 @@ def _build_optim(method: Method, cfg: TrainConfig, total: int):
         groups = params
     if not params:
         raise ValueError("the method has no trainable parameters")
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    fused = runtime.fused_adamw() and all(p.device.type == "cuda" and p.dtype == torch.float32 for p in params)
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, **({"fused": True} if fused else {}))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg, total))
     return params, opt, sched
 
 
 def save_checkpoint(directory: Path, state: dict[str, Any]) -> None:
-    """Write ``state`` atomically to ``directory/trainer.pt`` (tensors and plain types only)."""
+    """Write ``state`` atomically to ``directory/trainer.pt`` (moved to the CPU: device-independent)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".trainer.")
     os.close(fd)
-    torch.save(state, tmp)
+    torch.save(to_cpu(state), tmp)
     os.replace(tmp, directory / CHECKPOINT_FILE)
 
 
 def load_checkpoint(directory: Path) -> dict[str, Any]:
+    """A checkpoint's state on the CPU, whatever device wrote it (the method and optimizer move it back)."""
     path = Path(directory) / CHECKPOINT_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no training checkpoint at {path}")
-    return torch.load(path, weights_only=True)
+    return torch.load(path, weights_only=True, map_location="cpu")
 
 
 def print_progress(prefix: str = "") -> Callable[[str], None]:
@@ -115,6 +123,10 @@ def print_progress(prefix: str = "") -> Callable[[str], None]:
         print(f"{prefix}{msg}", file=sys.stderr, flush=True)
 
     return log
+
+
+def _floats(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: float(v) if isinstance(v, torch.Tensor) else v for k, v in d.items()}
 
 
 def train(
@@ -127,22 +139,32 @@ def train(
 ) -> dict[str, Any]:
     """Run ``cfg.steps`` optimizer steps of ``method``; returns the last reported metrics.
 
+    The method's ``runtime`` (device, precision; CPU fp32 if it has none) decides where batches go and whether the
+    loss runs under autocast (fp16: with a gradient scaler). Nothing in a step waits for the device: losses are
+    summed on the device and read (one sync) at log and evaluation steps, where a non-finite loss is reported.
+
     ``report(metrics, write_checkpoint)`` is called every ``eval_every`` steps and at the end, after evaluation;
-    ``write_checkpoint(dir)`` saves everything needed for an exact resume into ``dir``.
+    ``write_checkpoint(dir)`` saves everything needed for an exact resume into ``dir`` (on the CPU).
     """
     log = log or print_progress()
+    rt: Runtime = getattr(method, "runtime", None) or CPU
     total = method.schedule_steps() or cfg.schedule_steps or cfg.steps
-    params, opt, sched = _build_optim(method, cfg, total)
+    params, opt, sched = _build_optim(method, cfg, total, rt)
+    scaler = rt.grad_scaler()
     step = 0
     resumed_at = 0
     torch.manual_seed(cfg.seed)
     if resume_from is not None:
         state = load_checkpoint(Path(resume_from))
         method.load_state_dict(state["method"])
-        params, opt, sched = _build_optim(method, cfg, total)  # the method may have changed its parameters
+        params, opt, sched = _build_optim(method, cfg, total, rt)  # the method may have changed its parameters
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
+        if rt.device.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"], rt.device)
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         step = resumed_at = int(state["step"])
         log(f"resumed at step {step}/{cfg.steps} from {resume_from}")
 
@@ -153,45 +175,66 @@ def train(
             "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict(),
             "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(rt.device) if rt.device.type == "cuda" else None,
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "precision": rt.precision,
         }
 
     def write_checkpoint(directory: Path) -> None:
         save_checkpoint(Path(directory), snapshot())
 
+    def check_finite(value: torch.Tensor, since: int) -> float:
+        v = float(value)
+        if not math.isfinite(v):
+            raise FloatingPointError(f"non-finite loss {v} in steps {since + 1}..{step} ({rt.describe()})")
+        return v
+
     metrics: dict[str, Any] = {}
-    data = method.batches(step)
+    data = prefetch(method.batches(step), rt)
     t0, step0 = time.perf_counter(), step
-    running, n_running = 0.0, 0
+    running, n_running, since = torch.zeros((), device=rt.device), 0, step
     for m in method.models():
         m.train()
     while step < cfg.steps:
         batch = next(data)
-        loss, step_metrics = method.loss(batch, step)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss {float(loss)} at step {step}")
+        with rt.autocast():
+            loss, step_metrics = method.loss(batch, step)
+        loss = loss.float()
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+        else:
+            loss.backward()
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
+        if scaler is not None:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
         sched.step()
         step += 1
-        running += float(loss.detach())
+        running += loss.detach()
         n_running += 1
         if method.after_step(step):
-            params, opt, sched = _build_optim(method, cfg, total)
+            params, opt, sched = _build_optim(method, cfg, total, rt)
         if on_step is not None:
             on_step(step)
-        if cfg.log_every and (step % cfg.log_every == 0 or step == cfg.steps):
+        at_log = cfg.log_every and (step % cfg.log_every == 0 or step == cfg.steps)
+        at_eval = bool(cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps
+        if at_log or at_eval:
+            mean = check_finite(running, since) / max(n_running, 1)
+            running.zero_()
+            n_running, since = 0, step
+        if at_log:
             now = time.perf_counter()
             rate = (step - step0) / max(now - t0, 1e-9)
             eta = (cfg.steps - step) / max(rate, 1e-9)
-            log(f"step {step}/{cfg.steps} loss {running / n_running:.4f} "
+            log(f"step {step}/{cfg.steps} loss {mean:.4f} "
                 f"lr {sched.get_last_lr()[0]:.2e} {rate:.2f} steps/s eta {eta:.0f}s")
-            running, n_running = 0.0, 0
-        at_eval = cfg.eval_every and step % cfg.eval_every == 0
-        if at_eval or step == cfg.steps:
-            metrics = {"step": step, "train_loss": float(loss.detach()), **step_metrics}
+        if at_eval:
+            metrics = {"step": step, "train_loss": float(loss.detach()), **_floats(step_metrics)}
             metrics.update(method.evaluate(step))
             metrics["steps_per_s"] = (step - step0) / max(time.perf_counter() - t0, 1e-9)
             metrics["resumed_at"] = resumed_at
@@ -209,12 +252,3 @@ def train(
 def step_generator(seed: int, step: int) -> torch.Generator:
     """A generator determined by (seed, step): per-step randomness (MLM masking) that resumes exactly."""
     return torch.Generator().manual_seed((int(seed) * 1_000_003 + int(step)) % (2**63 - 1))
-
-
-def copy_dir_atomic(src: Path, dst: Path) -> None:
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
-    shutil.rmtree(tmp)
-    shutil.copytree(src, tmp)
-    if dst.exists():
-        shutil.rmtree(dst)
-    os.replace(tmp, dst)

@@ -9,10 +9,11 @@ import torch
 from transformers import AutoModel
 
 from helpers import read_pairs, write_mnli, write_qqp
-from sparsebert.finetune import FineTune, FinetuneConfig, index_batches, paper_finetune
+from sparsebert.finetune import FineTune, FinetuneConfig, paper_finetune
 from sparsebert.models import load_tokenizer, tiny_model_dir
 from sparsebert.pruning import omp_ticket
 from sparsebert.registry import prunable_weights
+from sparsebert.task_tensors import TaskTensors, epoch_batches, train_batches
 from sparsebert.tasks import load_task
 from sparsebert.training import TrainConfig, train
 
@@ -110,11 +111,20 @@ def test_resumed_finetuning_matches_uninterrupted(tiny, tok, shared_data, tmp_pa
     assert out["step"] == 8
 
 
-def test_index_batches_resume_exactly():
-    a = list(zip(range(12), index_batches(10, 4, seed=1, start_step=0)))
-    b = list(zip(range(5, 12), index_batches(10, 4, seed=1, start_step=5)))
-    assert [x for _, x in a[5:]] == [x for _, x in b]
-    assert sorted(i for _, x in a[:3] for i in x) == list(range(10))  # an epoch covers every example once
+@pytest.mark.parametrize("buckets", [1, 2, 50])
+def test_batches_resume_exactly_and_cover_every_row_once_per_epoch(buckets):
+    lengths = torch.randint(3, 40, (23,), generator=torch.Generator().manual_seed(0))
+    per_epoch = [epoch_batches(lengths, 4, seed=1, epoch=e, buckets=buckets) for e in range(3)]
+    for batches in per_epoch:
+        assert len(batches) == 6 and sorted(torch.cat(batches).tolist()) == list(range(23))
+        assert sorted(len(b) for b in batches)[1:] == [4] * 5  # only one partial batch
+    assert not all(torch.equal(a, b) for a, b in zip(per_epoch[0], per_epoch[1]))  # epochs differ
+    data = TaskTensors({"input_ids": torch.arange(23 * 40).view(23, 40)}, lengths, {"labels": torch.arange(23)})
+    a = [b["labels"].tolist() for b, _ in zip(train_batches(data, 4, 1, 0, buckets), range(14))]
+    b = [b["labels"].tolist() for b, _ in zip(train_batches(data, 4, 1, 5, buckets), range(9))]
+    assert a[5:] == b
+    if buckets == 1:  # plain batches are the seeded permutation cut in order
+        assert torch.cat(per_epoch[0]).tolist() == torch.randperm(23, generator=torch.Generator().manual_seed(1)).tolist()
 
 
 def test_paper_preset_and_bad_task():
