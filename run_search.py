@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Lottery-ticket search for BERT on Ray Tune.
 
-    run_search.py run SPACE [--smoke] [--storage DIR|URI] [--name NAME] [--address ADDR] [--cpus N] [--dry-run]
+    run_search.py run SPACE [--smoke] [--storage DIR|URI] [--name NAME] [--address ADDR] [--cpus N] [--gpus N]
+                      [--dry-run]
     run_search.py resume EXPERIMENT_DIR        continue an interrupted experiment (errored trials retried)
     run_search.py report EXPERIMENT_DIR        tables, correlations, figures, report.md
     run_search.py list                         the search spaces shipped in search_spaces/
@@ -10,6 +11,10 @@ SPACE is a YAML file or the name of one in search_spaces/ (e.g. `demo`). Tickets
 <tickets>/tickets/<id>/ (default: the storage dir), so no finder config is trained twice across experiments that
 share it. Results: <storage>/<name>/results.parquet and .csv (one row per trial), written at the end of a run, on
 resume, and on Ctrl-C.
+
+Devices: a space's `device` (auto | cpu | cuda | cuda:N | mps) and `precision` (auto | fp32 | bf16 | fp16) say where
+each trial computes; `resources: {gpu: 0.25}` packs four trials on one GPU. With auto, a trial that reserves a GPU
+uses the one Ray made visible to it, in bf16 where the GPU supports it; otherwise the CPU in fp32.
 
 Ray: without --address (or RAY_ADDRESS) a local Ray starts with token auth disabled (RAY_AUTH_MODE=disabled: a
 single-machine run opens no port to others). With --address the cluster's own auth applies (start clusters with
@@ -45,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--name", default=None, help="experiment name (default: the space's name)")
     r.add_argument("--address", default=os.environ.get("RAY_ADDRESS"), help="join a running Ray cluster")
     r.add_argument("--cpus", type=int, default=None, help="CPUs for a local Ray (default: all)")
+    r.add_argument("--gpus", type=int, default=None,
+                   help="GPUs for a local Ray (default: the ones torch sees); trials take resources.gpu each")
     r.add_argument("--max-concurrent", type=int, default=None, help="cap concurrent trials")
     r.add_argument("--dry-run", action="store_true", help="validate and print the trial count; run nothing")
     r.add_argument("--overwrite", action="store_true", help="delete an existing experiment of the same name")
@@ -55,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     res.add_argument("experiment", help="the experiment directory (<storage>/<name>)")
     res.add_argument("--address", default=os.environ.get("RAY_ADDRESS"))
     res.add_argument("--cpus", type=int, default=None)
+    res.add_argument("--gpus", type=int, default=None)
     rep = sub.add_parser("report", help="write the analysis report of an experiment")
     rep.add_argument("experiment")
     sub.add_parser("list", help="list the search spaces")
@@ -65,7 +73,7 @@ def _is_uri(s: str) -> bool:
     return "://" in s
 
 
-def _init_ray(address: str | None, cpus: int | None) -> None:
+def _init_ray(address: str | None, cpus: int | None, gpus: int | None = None) -> None:
     import ray
 
     if ray.is_initialized():
@@ -74,14 +82,19 @@ def _init_ray(address: str | None, cpus: int | None) -> None:
         ray.init(address=address, log_to_driver=True)
     else:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        ray.init(num_cpus=cpus or os.cpu_count(), include_dashboard=False, log_to_driver=True)
+        ray.init(num_cpus=cpus or os.cpu_count(), num_gpus=gpus, include_dashboard=False, log_to_driver=True)
 
 
 def _shared_inputs(space):
     """Tokenized text for every (model, text) the space's tamt/imp tickets use: built once, shared."""
     from search_spaces.loader import _expand
     from sparsebert.pipeline import EvalSpec, FinderSpec, SharedText, prepare_head
+    from sparsebert.runtime import CPU, DeviceUnavailable, resolve
 
+    try:  # the driver fits the MLM head on the space's device when it has one (a cluster's driver may not)
+        runtime = resolve(space.runtime)
+    except DeviceUnavailable:
+        runtime = CPU
     shared, heads = SharedText(), set()
     for variant in space.variants or [{}]:
         for point in _expand({**space.ticket, **variant}):
@@ -92,7 +105,7 @@ def _shared_inputs(space):
             key = (spec.model, spec.text.get("source", "embedded"))
             if key not in heads:  # every ticket's MLM loss needs the model's head: fit it once, here
                 heads.add(key)
-                prepare_head(spec, EvalSpec(**space.eval), shared)
+                prepare_head(spec, EvalSpec(**space.eval), shared, runtime=runtime)
     return shared
 
 
@@ -220,7 +233,7 @@ def summarize(df, exp_dir: Path, wall: float) -> int:
 
 
 def cmd_run(args) -> int:
-    from search_spaces.loader import SpaceError, as_dict, grid_size, load_space
+    from search_spaces.loader import SpaceError, as_dict, check_machine, grid_size, load_space
 
     try:
         space = load_space(args.space, smoke=args.smoke)
@@ -238,6 +251,15 @@ def cmd_run(args) -> int:
     print(f"space {space.path.name}: stage {space.stage}, {n} trial(s){' (smoke)' if args.smoke else ''}, "
           f"metric {space.metric} ({space.mode}), scheduler {space.tune['scheduler']['type']}, "
           f"searcher {space.tune['searcher']['type']}")
+    try:
+        check_machine(space, getattr(args, "gpus", None), local=not args.address)
+    except SpaceError as e:
+        if not args.dry_run:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        print(f"note: {e}")
+    print(f"runtime: device {space.runtime['device']}, precision {space.runtime['precision']}, "
+          f"per trial {space.resources}")
     if args.dry_run:
         return EXIT_OK
     if exp_dir.exists() and any(exp_dir.iterdir()):
@@ -259,7 +281,7 @@ def cmd_run(args) -> int:
 def _fit(space, exp_dir, storage, name, store_root, args, restore: bool) -> int:
     t0 = time.time()
     try:
-        _init_ray(args.address, args.cpus)
+        _init_ray(args.address, args.cpus, getattr(args, "gpus", None))
         shared = None if getattr(args, "no_shared_inputs", False) else _shared_inputs(space)
         if restore:
             from ray import tune
@@ -291,7 +313,7 @@ def _write_partial(storage, name, exp_dir, space) -> None:
 
 
 def cmd_resume(args) -> int:
-    from search_spaces.loader import SpaceError, validate
+    from search_spaces.loader import SpaceError, check_machine, validate
 
     exp_dir = Path(args.experiment).expanduser().resolve()
     meta_file = exp_dir / SPACE_COPY
@@ -301,6 +323,7 @@ def cmd_resume(args) -> int:
     meta = json.loads(meta_file.read_text())
     try:
         space = validate(Path(meta["space"]["path"]), meta["space"]["raw"])
+        check_machine(space, args.gpus, local=not args.address)
     except SpaceError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -10,7 +10,9 @@ A space file (see ``demo.yaml``) has these top-level keys:
     transfer     fine-tuning fields (FinetuneConfig + lr/eval_every/seed/...): stage transfer only
     eval         pre-training loss evaluation (EvalSpec)
     tune         metric, mode, scheduler, searcher, num_samples, max_concurrent, max_failures
-    resources    cpu, gpu per trial (fractional gpu allowed)
+    resources    cpu, gpu per trial (fractional gpu allowed: gpu 0.25 packs 4 trials on one GPU)
+    device       auto (the GPU Ray gives the trial, else CPU) | cpu | cuda | cuda:N | mps
+    precision    auto (bf16 on GPUs that support it, fp32 on CPU) | fp32 | bf16 | fp16
     checkpoint_every   checkpoint every N reports (default 1)
 
 Any value inside ``ticket``/``transfer`` may be a search dimension:
@@ -32,7 +34,7 @@ import yaml
 
 SPACES_DIR = Path(__file__).resolve().parent
 TOP_KEYS = {"description", "stage", "model", "ticket", "variants", "transfer", "eval", "tune", "resources",
-            "checkpoint_every", "debug", "proxy"}
+            "checkpoint_every", "debug", "proxy", "device", "precision"}
 STAGES = ("find", "transfer", "evaluate")
 DIMENSIONS = ("grid", "choice", "uniform", "loguniform", "randint")
 SCHEDULERS = ("fifo", "asha", "pbt")
@@ -57,6 +59,7 @@ class Space:
     tune: dict[str, Any]
     resources: dict[str, float]
     checkpoint_every: int = 1
+    runtime: dict[str, str] = field(default_factory=lambda: {"device": "auto", "precision": "auto"})
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -198,16 +201,49 @@ def validate(path: Path, raw: dict[str, Any]) -> Space:
     if debug is not None and (not isinstance(debug, dict) or set(debug) - {"fail_at_step", "once_marker",
                                                                            "sleep_per_step"}):
         raise _err(path, "debug", "valid keys: fail_at_step, once_marker, sleep_per_step")
+    from sparsebert.runtime import RuntimeConfig
+
+    try:
+        runtime = RuntimeConfig(device=raw.get("device", "auto"), precision=raw.get("precision", "auto")).as_dict()
+    except ValueError as e:
+        key = str(e).split(":", 1)[0]
+        raise _err(path, key, str(e).split(":", 1)[1].strip()) from None
+    if runtime["device"].startswith("cuda") and not resources.get("gpu"):
+        raise _err(path, "device", f"{runtime['device']!r} needs resources.gpu > 0 (Ray hides GPUs from trials that "
+                                   f"reserve none); or use device: auto")
     ce = raw.get("checkpoint_every", 1)
     if not isinstance(ce, int) or ce < 1:
         raise _err(path, "checkpoint_every", "must be an integer >= 1")
     space = Space(path=path, name=path.stem, raw=raw, stage=stage, ticket=ticket, variants=variants,
-                  transfer=transfer, eval=ev, tune=tune_cfg, resources={"cpu": 1, **resources}, checkpoint_every=ce)
+                  transfer=transfer, eval=ev, tune=tune_cfg, resources={"cpu": 1, **resources}, checkpoint_every=ce,
+                  runtime=runtime)
     if raw.get("proxy") is not None:  # the two-stage, proxy-guided search: its rule is checked here too
         from .proxy_runner import check_space
 
         check_space(space)
     return space
+
+
+def check_machine(space: Space, gpus: int | None = None, local: bool = True) -> None:
+    """Can this space's trials get the devices they ask for? Checked before Ray starts. ``local``: a Ray started
+    here (not ``--address``), with ``gpus`` GPUs (None: what torch sees)."""
+    import torch
+
+    if not local:
+        return  # a cluster's workers may have GPUs the driver lacks: Ray schedules, trials resolve their device
+    have = gpus if gpus is not None else (torch.cuda.device_count() if torch.cuda.is_available() else 0)
+    want = space.resources.get("gpu", 0)
+    if want and not have:
+        raise _err(space.path, "resources.gpu", f"every trial reserves {want} GPU but this machine has none (pass "
+                                                "--gpus N, join a cluster with --address, or set resources.gpu: 0)")
+    dev = space.runtime["device"]
+    if dev.startswith("cuda") and not (torch.cuda.is_available() and torch.cuda.device_count()):
+        raise _err(space.path, "device", f"{dev!r} requested but torch sees no CUDA device here "
+                                         f"(CUDA build: {torch.version.cuda or 'no, a CPU-only torch'})")
+    if dev == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise _err(space.path, "device", "'mps' requested but this torch has no usable MPS backend")
 
 
 def _culprit(point: dict, variant: dict, i: int) -> str:
@@ -338,7 +374,15 @@ def shrink(raw: dict[str, Any]) -> dict[str, Any]:
         # then its ticket): a find trial cut at max_t makes no ticket
         t["scheduler"] = {**sched, "grace_period": 1, "max_t": 2 if raw.get("stage", "transfer") == "transfer" else 5}
     raw["tune"] = t
-    raw["resources"] = {"cpu": 1}
+    gpu = (raw.get("resources") or {}).get("gpu", 0)
+    import torch
+
+    if gpu and torch.cuda.is_available():  # a smoke run on a GPU machine still uses (a slice of) it
+        raw["resources"] = {"cpu": 1, "gpu": min(float(gpu), 1.0)}
+    else:
+        raw["resources"] = {"cpu": 1}
+        if str(raw.get("device", "auto")).startswith("cuda"):
+            raw["device"] = "auto"
     return raw
 
 
@@ -370,6 +414,7 @@ def param_space(space: Space, store_root: Path) -> dict[str, Any]:
     optuna = space.tune["searcher"]["type"] == "optuna"
     ps: dict[str, Any] = {
         "stage": space.stage, "store": str(store_root), "eval": space.eval, "checkpoint_every": space.checkpoint_every,
+        "runtime": dict(space.runtime),
     }
     points = ticket_points(space)
     if points is not None:

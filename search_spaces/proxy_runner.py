@@ -197,7 +197,7 @@ def run_proxy_search(space: Space, args, exp_dir: Path, storage: str, name: str,
     t0 = time.time()
     walls: dict[str, float] = {}
     try:
-        _init_ray(getattr(args, "address", None), getattr(args, "cpus", None))
+        _init_ray(getattr(args, "address", None), getattr(args, "cpus", None), getattr(args, "gpus", None))
         shared = _shared_inputs(space)
         print(f"proxy search: stage 1 ({n1}) scores every candidate ticket by {rule.metric}; rule {rule.rule}")
         t1 = time.time()

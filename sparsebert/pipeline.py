@@ -28,6 +28,7 @@ from .masking import apply_masks
 from .models import load_pretraining_model, load_tokenizer
 from .objectives import Objective, ObjectiveConfig
 from .pruning import check_sparsity, dense_ticket, omp_ticket, random_ticket
+from .runtime import CPU, Runtime
 from .ticket import Method, Ticket, config_hash
 from .training import TrainConfig, train
 
@@ -178,13 +179,13 @@ class TicketStore:
 
     def get_or_make(
         self, spec: FinderSpec, eval_spec: EvalSpec | None = None, shared: SharedText | None = None,
-        report: Callable | None = None, log: Callable[[str], None] = print,
+        report: Callable | None = None, log: Callable[[str], None] = print, runtime: Runtime = CPU,
     ) -> tuple[Ticket, bool]:
-        """The stored ticket for ``spec`` (made now if absent). Returns (ticket, made_now)."""
+        """The stored ticket for ``spec`` (made now if absent, on ``runtime``). Returns (ticket, made_now)."""
         with self.lock(spec):
             if self.has(spec):
                 return Ticket.load(self.path(spec)), False
-            ticket = make_ticket(spec, eval_spec or EvalSpec(), shared or SharedText(), self, report, log)
+            ticket = make_ticket(spec, eval_spec or EvalSpec(), shared or SharedText(), self, report, log, runtime)
             return ticket, True
 
 
@@ -200,7 +201,8 @@ def _train_checkpointing(method, cfg: TrainConfig, partial: Path, report, log):
     return train(method, cfg, report=on_report, resume_from=resume, log=log)
 
 
-def ensure_head(model, spec: FinderSpec, eval_spec: EvalSpec, shared: SharedText, log) -> None:
+def ensure_head(model, spec: FinderSpec, eval_spec: EvalSpec, shared: SharedText, log, runtime: Runtime = CPU
+                ) -> None:
     from .mlm_head import HeadFitConfig, ensure_mlm_head
 
     if model.head_pretrained:
@@ -208,26 +210,28 @@ def ensure_head(model, spec: FinderSpec, eval_spec: EvalSpec, shared: SharedText
     text = {"source": spec.text.get("source", "embedded"), "block_size": 128}
     blocks = shared.get(spec.model, text, "train")
     ensure_mlm_head(model, spec.model, load_tokenizer(spec.model), blocks, f"{text['source']}-128",
-                    HeadFitConfig(steps=eval_spec.head_steps), log=log)
+                    HeadFitConfig(steps=eval_spec.head_steps), log=log, runtime=runtime)
 
 
-def prepare_head(spec: FinderSpec, eval_spec: EvalSpec, shared: SharedText, log=print) -> None:
+def prepare_head(spec: FinderSpec, eval_spec: EvalSpec, shared: SharedText, log=print, runtime: Runtime = CPU
+                 ) -> None:
     """Fit (or find cached) the MLM head of ``spec.model`` once, before trials start (a driver-side step)."""
     model = load_pretraining_model(spec.model)
-    ensure_head(model, spec, eval_spec, shared, log)
+    ensure_head(model, spec, eval_spec, shared, log, runtime)
 
 
 def make_ticket(
     spec: FinderSpec, eval_spec: EvalSpec, shared: SharedText, store: TicketStore | None = None,
-    report: Callable | None = None, log: Callable[[str], None] = print,
+    report: Callable | None = None, log: Callable[[str], None] = print, runtime: Runtime = CPU,
 ) -> Ticket:
-    """Find the ticket ``spec`` describes, evaluate its pre-training losses, save it in ``store``."""
+    """Find the ticket ``spec`` describes on ``runtime`` (device, precision), evaluate its pre-training losses,
+    save it in ``store``. The ticket id does not depend on the runtime; the ticket records it."""
     t0 = time.perf_counter()
     tok = load_tokenizer(spec.model)
     model = load_pretraining_model(spec.model)
     needs_mlm = spec.method is Method.IMP or (spec.method is Method.TAMT and spec.objective != "kd")
     if needs_mlm:
-        ensure_head(model, spec, eval_spec, shared, log)
+        ensure_head(model, spec, eval_spec, shared, log, runtime)
     partial = store.root / "partial" / spec.ticket_id if store else None
     if spec.method is Method.DENSE:
         ticket = dense_ticket(model.base, spec.model)
@@ -250,7 +254,7 @@ def make_ticket(
                 objective=ObjectiveConfig(objective=spec.objective, mlm_weight=spec.mlm_weight,
                                           kd_weight=spec.kd_weight),
             )
-            method = TAMT(model, cfg, tok, train_blocks, valid_blocks, spec.model, seed=spec.seed)
+            method = TAMT(model, cfg, tok, train_blocks, valid_blocks, spec.model, seed=spec.seed, runtime=runtime)
             tc.steps = spec.steps
             _train_checkpointing(method, tc, partial, report, log) if partial else train(method, tc, report, log=log)
             ticket = method.ticket(spec.steps)
@@ -259,7 +263,7 @@ def make_ticket(
 
             cfg = IMPConfig(interval=spec.imp_interval, target_sparsity=spec.sparsity,
                             batch_size=spec.batch_size, eval_blocks=min(eval_spec.eval_blocks, 32))
-            method = IMP(model, cfg, tok, train_blocks, valid_blocks, spec.model, seed=spec.seed)
+            method = IMP(model, cfg, tok, train_blocks, valid_blocks, spec.model, seed=spec.seed, runtime=runtime)
             tc.steps = cfg.total_steps()
             _train_checkpointing(method, tc, partial, report, log) if partial else train(method, tc, report, log=log)
             ticket = method.tickets[round(spec.sparsity, 6)]
@@ -268,12 +272,13 @@ def make_ticket(
                     sibling = dataclasses.replace(spec, sparsity=s)
                     if s != round(spec.sparsity, 6) and not store.has(sibling):
                         t.meta.config = sibling.canonical()
-                        t.meta.metrics = evaluate_ticket(t, sibling, eval_spec, shared, log=log)
+                        t.meta.metrics = evaluate_ticket(t, sibling, eval_spec, shared, log=log, runtime=runtime)
                         t.save(store.path(sibling))
     ticket.meta.config = spec.canonical()
     ticket.meta.seed = spec.seed
-    ticket.meta.metrics = {**evaluate_ticket(ticket, spec, eval_spec, shared, log=log),
+    ticket.meta.metrics = {**evaluate_ticket(ticket, spec, eval_spec, shared, log=log, runtime=runtime),
                            "find_s": time.perf_counter() - t0}
+    ticket.meta.runtime = {"device": runtime.device.type, "precision": runtime.precision}
     if spec.method is Method.TAMT:
         ticket.meta.steps = spec.steps
     if store is not None:
@@ -290,19 +295,21 @@ def _eval_every(spec: FinderSpec) -> int:
 
 
 def evaluate_ticket(
-    ticket: Ticket, spec: FinderSpec, eval_spec: EvalSpec, shared: SharedText, log: Callable = print
+    ticket: Ticket, spec: FinderSpec, eval_spec: EvalSpec, shared: SharedText, log: Callable = print,
+    runtime: Runtime = CPU,
 ) -> dict[str, float]:
     """MLM loss (fixed masking, the original/fitted head) and KD loss (vs the dense model) on validation blocks."""
     tok = load_tokenizer(spec.model)
     text = {**spec.text}
     blocks = shared.get(spec.model, text, "validation")[: eval_spec.eval_blocks]
     model = load_pretraining_model(spec.model)
-    ensure_head(model, spec, eval_spec, shared, log)
-    teacher = copy.deepcopy(model.base)
+    ensure_head(model, spec, eval_spec, shared, log, runtime)
+    teacher = copy.deepcopy(model.base).to(runtime.device)
     if ticket.meta.method is not Method.DENSE:
         apply_masks(model.base, ticket)
+    model.to(runtime.device)
     out = {}
-    out.update(evaluate_mlm(model, blocks, tok, eval_spec.batch_size))
-    out.update(evaluate_kd(model, teacher, blocks, eval_spec.batch_size))
+    out.update(evaluate_mlm(model, blocks, tok, eval_spec.batch_size, runtime=runtime))
+    out.update(evaluate_kd(model, teacher, blocks, eval_spec.batch_size, runtime=runtime))
     out["eval_blocks"] = int(len(blocks))
     return out

@@ -58,6 +58,8 @@ class TicketMeta:
     seed: int = field(default=0, metadata={"help": "random seed"})
     config: dict[str, Any] = field(default_factory=dict, metadata={"help": "full finder config"})
     metrics: dict[str, float] = field(default_factory=dict, metadata={"help": "e.g. mlm_loss, kd_loss"})
+    runtime: dict[str, str] = field(default_factory=dict, metadata={
+        "help": "device type and precision it was found and evaluated in (not part of the ticket id)"})
     created: float = field(default_factory=time.time)
 
     def to_json(self) -> dict[str, Any]:

@@ -18,6 +18,8 @@ from ray import tune
 from ray.tune import Checkpoint
 
 from sparsebert.pipeline import EvalSpec, FinderSpec
+from sparsebert.runtime import Runtime
+from sparsebert.runtime import resolve as resolve_runtime
 
 TRAIN_KEYS = {"lr", "weight_decay", "grad_clip", "warmup_steps", "schedule", "eval_every", "seed"}
 
@@ -52,6 +54,15 @@ def setup_worker() -> float:
     hf_logging.disable_progress_bar()  # per-trial logs: progress lines, not bars
     datasets_logging.disable_progress_bar()
     return t0
+
+
+def trial_runtime(config: dict[str, Any], log: Callable[[str], None] | None = None) -> Runtime:
+    """The trial's device and precision (``runtime`` section of the config; auto: the GPU Ray made visible to
+    this trial, else the CPU)."""
+    rt = resolve_runtime(config.get("runtime"))
+    if log is not None:
+        log(f"runtime: {rt.describe()}")
+    return rt
 
 
 def finder_spec(config: dict[str, Any]) -> FinderSpec:
@@ -98,9 +109,12 @@ def resume_dir():
         yield Path(d)
 
 
-def ticket_columns(spec: FinderSpec, ticket_path: Path | None, metrics: dict[str, Any]) -> dict[str, Any]:
-    """The ticket's identity and proxy losses, attached to every row a trial reports."""
+def ticket_columns(spec: FinderSpec, ticket_path: Path | None, metrics: dict[str, Any],
+                   runtime: Runtime | None = None) -> dict[str, Any]:
+    """The ticket's identity and proxy losses (and the trial's device/precision), attached to every row a trial
+    reports."""
     return {
+        **({"device": runtime.device.type, "precision": runtime.precision} if runtime is not None else {}),
         "model": spec.model, "method": spec.method.value, "label": spec.label(), "sparsity": spec.sparsity,
         "init": spec.init if spec.method.value == "tamt" else None,
         "objective": spec.objective if spec.method.value == "tamt" else ("mlm" if spec.method.value == "imp" else None),

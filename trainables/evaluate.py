@@ -9,7 +9,7 @@ from ray import tune
 
 from sparsebert.pipeline import SharedText, TicketStore, evaluate_ticket
 
-from .common import eval_spec, finder_spec, log_fn, setup_worker, ticket_columns
+from .common import eval_spec, finder_spec, log_fn, setup_worker, ticket_columns, trial_runtime
 
 
 def evaluate_trainable(config: dict[str, Any], shared: SharedText | None = None) -> None:
@@ -18,10 +18,11 @@ def evaluate_trainable(config: dict[str, Any], shared: SharedText | None = None)
     es = eval_spec(config)
     shared = shared or SharedText()
     log = log_fn(f"evaluate {spec.label()} s={spec.sparsity}")
+    rt = trial_runtime(config, log)
     store = TicketStore(config["store"])
-    ticket, made = store.get_or_make(spec, es, shared, log=log)
+    ticket, made = store.get_or_make(spec, es, shared, log=log, runtime=rt)
     # a ticket made just now was evaluated with this very EvalSpec: do not evaluate it twice
-    metrics = dict(ticket.meta.metrics) if made else evaluate_ticket(ticket, spec, es, shared, log=log)
+    metrics = dict(ticket.meta.metrics) if made else evaluate_ticket(ticket, spec, es, shared, log=log, runtime=rt)
     tune.report({"stage": "evaluate", "startup_s": time.perf_counter() - t0,
-                 **ticket_columns(spec, store.path(spec), metrics), **metrics})
+                 **ticket_columns(spec, store.path(spec), metrics, rt), **metrics})
     return None

@@ -9,15 +9,17 @@ from ray import tune
 
 from sparsebert.pipeline import SharedText, TicketStore
 
-from .common import eval_spec, finder_spec, log_fn, reporter, resume_dir, setup_worker, ticket_columns
+from .common import (eval_spec, finder_spec, log_fn, reporter, resume_dir, setup_worker, ticket_columns,
+                     trial_runtime)
 
 
 def find_trainable(config: dict[str, Any], shared: SharedText | None = None) -> None:
     t0 = setup_worker()
     spec = finder_spec(config)
     store = TicketStore(config["store"])
-    base = {"stage": "find", **ticket_columns(spec, None, {})}
     log = log_fn(f"find {spec.label()} s={spec.sparsity}")
+    rt = trial_runtime(config, log)
+    base = {"stage": "find", **ticket_columns(spec, None, {}, rt)}
     first = {"startup_s": None}
     to_tune = reporter(base, config.get("checkpoint_every", 1))
 
@@ -32,7 +34,7 @@ def find_trainable(config: dict[str, Any], shared: SharedText | None = None) -> 
             partial.mkdir(parents=True, exist_ok=True)
             (partial / "trainer.pt").write_bytes((ckpt / "trainer.pt").read_bytes())
     # content-addressed: a ticket already in the store is reused, never trained twice
-    ticket, made = store.get_or_make(spec, eval_spec(config), shared, report=report, log=log)
-    tune.report({**base, **ticket_columns(spec, store.path(spec), ticket.meta.metrics), "cached": int(not made),
+    ticket, made = store.get_or_make(spec, eval_spec(config), shared, report=report, log=log, runtime=rt)
+    tune.report({**base, **ticket_columns(spec, store.path(spec), ticket.meta.metrics, rt), "cached": int(not made),
                  "startup_s": first["startup_s"] or time.perf_counter() - t0, **ticket.meta.metrics})
     return None

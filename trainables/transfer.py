@@ -11,7 +11,7 @@ from sparsebert.pipeline import SharedText, TicketStore
 from sparsebert.ticket import Method
 
 from .common import (eval_spec, fault_injector, finder_spec, log_fn, reporter, resume_dir, setup_worker, split_transfer,
-                     ticket_columns)
+                     ticket_columns, trial_runtime)
 
 
 def transfer_trainable(config: dict[str, Any], shared: SharedText | None = None) -> None:
@@ -19,16 +19,17 @@ def transfer_trainable(config: dict[str, Any], shared: SharedText | None = None)
     spec = finder_spec(config)
     ft_cfg, train_cfg = split_transfer(config)
     log = log_fn(f"transfer {spec.label()} s={spec.sparsity} {ft_cfg.task}")
+    rt = trial_runtime(config, log)
     store = TicketStore(config["store"])
-    ticket, made = store.get_or_make(spec, eval_spec(config), shared, log=log)
+    ticket, made = store.get_or_make(spec, eval_spec(config), shared, log=log, runtime=rt)
     find_s = time.perf_counter() - t0 if made else 0.0
     tok = load_tokenizer(spec.model)
     ft = FineTune(spec.model, ft_cfg, tok, ticket=None if spec.method is Method.DENSE else ticket,
-                  seed=train_cfg.seed)
+                  seed=train_cfg.seed, runtime=rt)
     train_cfg.steps = ft.num_steps()
     extra = {"stage": "transfer", "task": ft_cfg.task, "total_steps": train_cfg.steps, "transfer_seed": train_cfg.seed, "ticket_made": int(made),
              "find_s": find_s, "startup_s": time.perf_counter() - t0,
-             **ticket_columns(spec, store.path(spec), ticket.meta.metrics)}
+             **ticket_columns(spec, store.path(spec), ticket.meta.metrics, rt)}
     from sparsebert.training import train
 
     with resume_dir() as ckpt:
