@@ -115,7 +115,18 @@ def _trainable(space, shared):
     from trainables import TRAINABLES
 
     fn = tune.with_parameters(TRAINABLES[space.stage], shared=shared)
-    return tune.with_resources(fn, space.resources)
+    return tune.with_resources(fn, _trial_resources(space))
+
+
+def _trial_resources(space) -> dict:
+    """The space's per-trial resources; with ``device: auto`` a GPU reservation is dropped when the Ray cluster has
+    no GPU at all (the trials run on the CPU rather than wait forever)."""
+    import ray
+
+    res = dict(space.resources)
+    if res.get("gpu") and space.runtime["device"] == "auto" and not ray.cluster_resources().get("GPU"):
+        res.pop("gpu")
+    return res
 
 
 def _trial_name(trial) -> str:
@@ -182,7 +193,7 @@ def results_frame(result_grid, experiment: str):
         row["seed"] = tseed if row["stage"] == "transfer" else row["ticket_seed"]
         for k in ("label", "ticket_id", "ticket_path", "mlm_loss", "kd_loss", "task", "score", "best_score",
                   "time_total_s", "training_iteration", "startup_s", "find_s", "ticket_made", "cached",
-                  "step", "total_steps"):
+                  "step", "total_steps", "device", "precision"):
             row[k] = m.get(k)
         if row["task"] is None and cfg.get("transfer"):
             row["task"] = cfg["transfer"].get("task")
@@ -252,12 +263,13 @@ def cmd_run(args) -> int:
           f"metric {space.metric} ({space.mode}), scheduler {space.tune['scheduler']['type']}, "
           f"searcher {space.tune['searcher']['type']}")
     try:
-        check_machine(space, getattr(args, "gpus", None), local=not args.address)
+        for note in check_machine(space, getattr(args, "gpus", None), local=not args.address):
+            print(f"note: {note}")
     except SpaceError as e:
         if not args.dry_run:
             print(f"error: {e}", file=sys.stderr)
             return EXIT_BAD_INPUT
-        print(f"note: {e}")
+        print(f"note (a real run stops here): {e}")
     print(f"runtime: device {space.runtime['device']}, precision {space.runtime['precision']}, "
           f"per trial {space.resources}")
     if args.dry_run:
@@ -323,7 +335,8 @@ def cmd_resume(args) -> int:
     meta = json.loads(meta_file.read_text())
     try:
         space = validate(Path(meta["space"]["path"]), meta["space"]["raw"])
-        check_machine(space, args.gpus, local=not args.address)
+        for note in check_machine(space, args.gpus, local=not args.address):
+            print(f"note: {note}")
     except SpaceError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

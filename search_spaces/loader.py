@@ -224,26 +224,33 @@ def validate(path: Path, raw: dict[str, Any]) -> Space:
     return space
 
 
-def check_machine(space: Space, gpus: int | None = None, local: bool = True) -> None:
-    """Can this space's trials get the devices they ask for? Checked before Ray starts. ``local``: a Ray started
-    here (not ``--address``), with ``gpus`` GPUs (None: what torch sees)."""
+def check_machine(space: Space, gpus: int | None = None, local: bool = True) -> list[str]:
+    """Can this space's trials get the devices they ask for? Checked before Ray starts; returns notes to print.
+
+    ``local``: a Ray started here (not ``--address``) with ``gpus`` GPUs (None: what torch sees). ``device: cuda``
+    where there is no GPU is an error (SpaceError naming the key). ``device: auto`` with ``resources.gpu`` on a
+    machine without GPUs runs the trials on the CPU (the reservation is dropped, with a note): the same space packs
+    trials onto a GPU where there is one and runs on a laptop where there is none."""
     import torch
 
     if not local:
-        return  # a cluster's workers may have GPUs the driver lacks: Ray schedules, trials resolve their device
+        return []  # a cluster's workers may have GPUs the driver lacks: Ray schedules, trials resolve their device
     have = gpus if gpus is not None else (torch.cuda.device_count() if torch.cuda.is_available() else 0)
-    want = space.resources.get("gpu", 0)
-    if want and not have:
-        raise _err(space.path, "resources.gpu", f"every trial reserves {want} GPU but this machine has none (pass "
-                                                "--gpus N, join a cluster with --address, or set resources.gpu: 0)")
     dev = space.runtime["device"]
-    if dev.startswith("cuda") and not (torch.cuda.is_available() and torch.cuda.device_count()):
+    if dev.startswith("cuda") and not (have and torch.cuda.is_available() and torch.cuda.device_count()):
         raise _err(space.path, "device", f"{dev!r} requested but torch sees no CUDA device here "
-                                         f"(CUDA build: {torch.version.cuda or 'no, a CPU-only torch'})")
+                                         f"(CUDA build: {torch.version.cuda or 'no, a CPU-only torch'}; "
+                                         f"use device: auto to run on the CPU, or --address to join a GPU cluster)")
     if dev == "mps":
         mps = getattr(torch.backends, "mps", None)
         if mps is None or not mps.is_available():
             raise _err(space.path, "device", "'mps' requested but this torch has no usable MPS backend")
+    want = space.resources.get("gpu", 0)
+    if want and not have:
+        space.resources = {k: v for k, v in space.resources.items() if k != "gpu"}
+        return [f"{space.path.name}: resources.gpu: {want} per trial, but this machine has no GPU: trials run on "
+                f"the CPU (device: auto)"]
+    return []
 
 
 def _culprit(point: dict, variant: dict, i: int) -> str:

@@ -1,0 +1,241 @@
+"""Accelerator benchmark (issue 11): the project's own training loop and methods, timed side by side in one run.
+
+1. Pre-training steps of a BERT-base-shaped model (bert-base-uncased's dimensions, random weights: speed does not
+   depend on values) at 16 x 512: the dense MLM step (all weights train) vs TAMT-MLM, TAMT-KD, TAMT-MLM+KD steps
+   (scores train; KD adds the dense teacher's forward), in bf16 and fp32; ms/step and ratios to the dense step.
+2. MiniLM (the embedded model) fine-tuning steps/s at fixed 32 x 128 batches, and on the real polarity task with
+   length-bucketed dynamic padding.
+3. Packing: N fine-tuning processes sharing the device vs 1 (aggregate steps/s), as ``resources: {gpu: 1/N}`` runs
+   them.
+
+Without a CUDA device it runs the same table on the CPU with a small model and short batches, and says so.
+
+    python benchmarks/bench_gpu.py [--device auto] [--steps 15] [--warmup 3] [--packed 4] [--seconds 30]
+           [--tokenizer embedded-minilm] [--minilm embedded-minilm] [--only pretrain,finetune,packed]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from readme_section import Recorder  # noqa: E402
+
+from sparsebert.models import PretrainingModel, load_tokenizer, resolve  # noqa: E402
+from sparsebert.objectives import ObjectiveConfig, mlm_batch, mlm_loss_at  # noqa: E402
+from sparsebert.runtime import Runtime, RuntimeConfig, resolve as resolve_runtime  # noqa: E402
+from sparsebert.tamt import TAMT, TAMTConfig  # noqa: E402
+from sparsebert.task_tensors import TaskTensors  # noqa: E402
+from sparsebert.training import TrainConfig, step_generator, train  # noqa: E402
+
+BERT_BASE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
+CPU_SHAPE = dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024)
+
+
+def random_bert(shape: dict, seed: int = 0) -> PretrainingModel:
+    from transformers import BertConfig, BertForMaskedLM, BertModel
+
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=30522, max_position_embeddings=512, **shape)
+    base, head = BertModel(cfg, add_pooling_layer=True), BertForMaskedLM(cfg).cls
+    head.predictions.decoder.weight = base.embeddings.word_embeddings.weight
+    return PretrainingModel(base, head, head_pretrained=True)
+
+
+class DenseMLM:
+    """The dense baseline: every weight trains on the MLM loss (the step TAMT is compared with)."""
+
+    def __init__(self, model, tok, blocks, batch_size, runtime):
+        self.model, self.tok, self.blocks, self.bs, self.runtime = model.to(runtime.device), tok, blocks, batch_size, runtime
+        for p in model.parameters():
+            p.requires_grad_(True)
+
+    def parameters(self):
+        return list(dict.fromkeys(self.model.parameters()))
+
+    def models(self):
+        return [self.model]
+
+    def schedule_steps(self):
+        return None
+
+    def batches(self, start):
+        step = start
+        while True:
+            i = (step * self.bs) % (len(self.blocks) - self.bs + 1)
+            yield mlm_batch(self.blocks[i:i + self.bs], self.tok, step_generator(0, step))
+            step += 1
+
+    def loss(self, b, step):
+        out = self.model(b["input_ids"])
+        return mlm_loss_at(self.model, out.last_hidden_state, b["positions"], b["targets"]), {}
+
+    def after_step(self, step):
+        return False
+
+    def evaluate(self, step):
+        return {}
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+
+def time_method(method, rt: Runtime, steps: int, warmup: int) -> float:
+    """Median ms/step of the project's training loop over ``steps`` timed steps after ``warmup``."""
+    stamps: list[float] = []
+
+    def on_step(step: int) -> None:
+        rt.synchronize()
+        stamps.append(time.perf_counter())
+
+    train(method, TrainConfig(steps=warmup + steps, lr=1e-4, eval_every=0, log_every=0), on_step=on_step,
+          log=lambda m: None)
+    d = sorted(b - a for a, b in zip(stamps[warmup - 1:], stamps[warmup:]))
+    return 1000 * d[len(d) // 2]
+
+
+def bench_pretrain(args, device: torch.device, shape: dict, batch: int, seq: int) -> list[dict]:
+    tok = load_tokenizer(args.tokenizer)
+    g = torch.Generator().manual_seed(0)
+    blocks = torch.randint(1000, 30000, (batch * 4, seq), generator=g)
+    blocks[:, 0], blocks[:, -1] = tok.cls_token_id, tok.sep_token_id
+    rows = []
+    for precision in ("bf16", "fp32"):
+        rt = Runtime(device, {"bf16": torch.bfloat16, "fp32": torch.float32}[precision])
+        if device.type == "cuda" and precision == "fp32":
+            torch.set_float32_matmul_precision("high")
+        dense = time_method(DenseMLM(random_bert(shape), tok, blocks, batch, rt), rt, args.steps, args.warmup)
+        rows.append({"precision": precision, "step": "dense MLM", "ms": dense, "ratio": 1.0})
+        for obj, label in (("mlm", "TAMT-MLM"), ("kd", "TAMT-KD"), ("mlm_kd", "TAMT-MLM+KD")):
+            cfg = TAMTConfig(sparsity=0.7, objective=ObjectiveConfig(objective=obj), batch_size=batch, eval_blocks=1)
+            m = TAMT(random_bert(shape), cfg, tok, blocks, blocks[:1], "bench", runtime=rt)
+            ms = time_method(m, rt, args.steps, args.warmup)
+            rows.append({"precision": precision, "step": label, "ms": ms, "ratio": ms / dense})
+            del m
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    return rows
+
+
+def finetune_worker(args) -> dict:
+    """One fine-tuning process (also the unit of the packing test): steps/s over ``--seconds`` after warm-up."""
+    from sparsebert.finetune import FineTune, FinetuneConfig
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    rt = resolve_runtime(RuntimeConfig(device=args.device, precision=args.precision))
+    tok = load_tokenizer(args.minilm)
+    ft = FineTune(args.minilm, FinetuneConfig(task="polarity", batch_size=args.ft_batch, max_length=args.ft_seq,
+                                              max_eval_examples=32), tok, runtime=rt)
+    out = {"device": str(rt.device), "precision": rt.precision}
+    real = ft.train_t
+    n = len(real)
+    fixed = TaskTensors({"input_ids": torch.randint(1000, 30000, (n, args.ft_seq)),
+                         "attention_mask": torch.ones(n, args.ft_seq, dtype=torch.long)},
+                        torch.full((n,), args.ft_seq), {"labels": real.targets["labels"]})
+    for name, data in (("fixed", fixed), ("polarity", real)):
+        ft.train_t = data
+        stamps: list[float] = []
+
+        def on_step(step, stamps=stamps):
+            if step % 10 == 0:
+                rt.synchronize()
+                stamps.append(time.perf_counter())
+                if stamps[-1] - stamps[0] > args.seconds:
+                    raise StopIteration
+
+        try:
+            train(ft, TrainConfig(steps=10**7, lr=2e-5, eval_every=0, log_every=0), on_step=on_step,
+                  log=lambda m: None)
+        except StopIteration:
+            pass
+        s = stamps[1:] if len(stamps) > 2 else stamps
+        out[f"{name}_steps_per_s"] = 10 * (len(s) - 1) / max(s[-1] - s[0], 1e-9)
+    out["polarity_padding"] = real.padding_fraction(
+        __import__("sparsebert.task_tensors", fromlist=["epoch_batches"]).epoch_batches(real.lengths, args.ft_batch,
+                                                                                         0, 0))
+    return out
+
+
+def bench_packed(args, n: int) -> dict:
+    cmd = [sys.executable, __file__, "--worker", "--device", args.device, "--precision", args.precision,
+           "--seconds", str(args.seconds), "--minilm", args.minilm, "--ft-batch", str(args.ft_batch),
+           "--ft-seq", str(args.ft_seq)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    results = {}
+    for k in (1, n):
+        procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env) for _ in range(k)]
+        outs = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
+        results[k] = sum(o["fixed_steps_per_s"] for o in outs)
+    return {"one": results[1], "packed": results[n], "n": n, "ratio": results[n] / results[1]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--precision", default="auto", help="fine-tuning precision (pre-training runs bf16 and fp32)")
+    ap.add_argument("--steps", type=int, default=15, help="timed steps per pre-training variant (median)")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--packed", type=int, default=4, help="processes sharing the device in the packing test")
+    ap.add_argument("--seconds", type=float, default=30, help="timed seconds per fine-tuning measurement")
+    ap.add_argument("--tokenizer", default="embedded-minilm", help="bert-base-uncased vocabulary (MiniLM's)")
+    ap.add_argument("--minilm", default="embedded-minilm", help="the MiniLM to fine-tune (name or local dir)")
+    ap.add_argument("--ft-batch", type=int, default=32)
+    ap.add_argument("--ft-seq", type=int, default=128)
+    ap.add_argument("--only", default="pretrain,finetune,packed")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--out", default=None, help="also write the table to this file (for readme_section.py)")
+    args = ap.parse_args()
+    rec = Recorder()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.worker:
+        sys.stdout.write(json.dumps(finetune_worker(args)) + "\n")
+        return
+    rt = resolve_runtime(RuntimeConfig(device=args.device))
+    gpu = rt.device.type == "cuda"
+    torch.set_num_threads(1 if not gpu else torch.get_num_threads())
+    if gpu:
+        shape, batch, seq = BERT_BASE, 16, 512
+        rec(f"device: {rt.describe()}; BERT-base shape at {batch} x {seq}")
+    else:
+        shape, batch, seq = CPU_SHAPE, 8, 128
+        args.steps, args.warmup = min(args.steps, 4), min(args.warmup, 1)
+        rec(f"device: {rt.describe()} -- NO CUDA DEVICE: a small model ({shape['num_hidden_layers']} layers, hidden "
+              f"{shape['hidden_size']}) at {batch} x {seq}, one thread; the targets are GPU figures")
+    parts = args.only.split(",")
+    if "pretrain" in parts:
+        rows = bench_pretrain(args, rt.device, shape, batch, seq)
+        rec(f"\n{'precision':<10}{'step':<14}{'ms/step':>10}{'x dense':>10}")
+        for r in rows:
+            rec(f"{r['precision']:<10}{r['step']:<14}{r['ms']:>10.1f}{r['ratio']:>10.2f}")
+        rec("targets (bf16, BERT-base, 16 x 512): TAMT-KD <= 1.30x dense, TAMT-MLM <= 1.15x")
+    if "finetune" in parts:
+        out = finetune_worker(args)
+        rec(f"\nMiniLM fine-tuning ({out['device']}, {out['precision']}): {out['fixed_steps_per_s']:.1f} steps/s at "
+              f"{args.ft_batch} x {args.ft_seq}; {out['polarity_steps_per_s']:.1f} steps/s on polarity with "
+              f"length-bucketed dynamic padding ({100 * out['polarity_padding']:.1f} % padding)")
+        rec("target: >= 100 steps/s at 32 x 128 bf16 on an H100-class GPU")
+    if "packed" in parts:
+        n = args.packed if gpu else 2
+        p = bench_packed(args, n)
+        rec(f"\npacking: {n} processes {p['packed']:.1f} steps/s aggregate vs 1 process {p['one']:.1f}: "
+              f"{p['ratio']:.2f}x" + ("" if gpu else " (CPU: one thread each, as many processes as cores)"))
+        rec("target: 4 packed trials >= 2.5x one (GPU)")
+    rec.write(args.out, rt.describe())
+
+
+if __name__ == "__main__":
+    main()
