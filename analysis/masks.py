@@ -16,14 +16,13 @@ from __future__ import annotations
 import itertools
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterator, Mapping, Union
 
 import numpy as np
 import pandas as pd
 import torch
 
-MASK_FILE = "mask.safetensors"
+from sparsebert.ticket import MASK_FILE, mask_file as _mask_file  # noqa: F401  (the one ticket format)
 
 MaskLike = Union[Mapping[str, Any], str, os.PathLike]
 
@@ -34,15 +33,6 @@ class MaskMismatchError(ValueError):
 
 # ---------------------------------------------------------------------------------------------------------------
 # sources
-
-
-def _mask_file(path: str | os.PathLike) -> Path:
-    p = Path(path)
-    if p.is_dir():
-        p = p / MASK_FILE
-    if not p.is_file():
-        raise FileNotFoundError(f"no mask file at {p}")
-    return p
 
 
 def _as_bool(t: Any) -> torch.Tensor:

@@ -20,6 +20,8 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
+from sparsebert.ticket import META_FILE, method_label, read_meta  # noqa: F401  (method_label: re-exported)
+
 from . import masks as M
 
 logger = logging.getLogger(__name__)
@@ -125,27 +127,6 @@ def _norm_str(v: Any) -> Any:
     return None if s == "" or s.lower() in ("none", "nan", "null") else s
 
 
-def method_label(method: Any, init: Any = None, objective: Any = None) -> str:
-    """Display label: Dense, OMP, Random, IMP, TAMT-MLM, TAMT-KD, TAMT-MLM+KD (+ ' (random init)')."""
-    m = (_norm_str(method) or "?").lower()
-    obj = (_norm_str(objective) or "").lower()
-    obj_name = {"mlm": "MLM", "kd": "KD", "mlm_kd": "MLM+KD", "mlm+kd": "MLM+KD"}.get(obj, obj.upper())
-    if m == "dense":
-        return "Dense"
-    if m == "omp":
-        return "OMP"
-    if m == "random":
-        return "Random"
-    if m == "imp":
-        return "IMP" if obj in ("", "mlm") else f"IMP-{obj_name}"
-    if m == "tamt":
-        lab = f"TAMT-{obj_name}" if obj_name else "TAMT"
-        if (_norm_str(init) or "omp").lower() == "random":
-            lab += " (random init)"
-        return lab
-    return m.upper()
-
-
 def _status(df: pd.DataFrame) -> pd.Series:
     return _col(df, "status", "TERMINATED").fillna("UNKNOWN").astype(str).str.upper()
 
@@ -177,9 +158,9 @@ def _resolve_ticket_path(path: Any, ticket_id: Any, exp_dir: Path | None) -> Pat
 def _read_meta(path: Path | None) -> dict[str, Any]:
     if path is None:
         return {}
-    f = path / "ticket.json"
+    f = path / META_FILE
     try:
-        return json.loads(f.read_text())
+        return read_meta(path)
     except (OSError, json.JSONDecodeError) as e:
         logger.warning("cannot read %s: %s", f, e)
         return {}

@@ -32,12 +32,13 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from readme_section import Recorder  # noqa: E402
 
-from sparsebert.models import PretrainingModel, load_tokenizer, resolve  # noqa: E402
-from sparsebert.objectives import ObjectiveConfig, mlm_batch, mlm_loss_at  # noqa: E402
+from sparsebert.models import PretrainingModel, load_tokenizer  # noqa: E402
+from sparsebert.batching import mlm_batch, step_generator  # noqa: E402
+from sparsebert.objectives import ObjectiveConfig, mlm_loss_at  # noqa: E402
 from sparsebert.runtime import Runtime, RuntimeConfig, resolve as resolve_runtime  # noqa: E402
 from sparsebert.tamt import TAMT, TAMTConfig  # noqa: E402
 from sparsebert.task_tensors import TaskTensors  # noqa: E402
-from sparsebert.training import TrainConfig, step_generator, train  # noqa: E402
+from sparsebert.training import TrainConfig, train  # noqa: E402
 
 BERT_BASE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
 CPU_SHAPE = dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024)

@@ -78,9 +78,10 @@ def main(argv=None) -> int:
     if args.seeds < 2:
         ap.error("--seeds must be >= 2")
 
-    import run_search
+    from search.tuner import fit
     from search_spaces.loader import load_space
-    from search_spaces.proxy_runner import check_space, run_proxy_search
+    from search.proxy_search import run_proxy_search
+    from search_spaces.proxy_rules import check_space
 
     space = load_space(args.space, smoke=args.smoke)
     rule = check_space(space)
@@ -128,7 +129,7 @@ def main(argv=None) -> int:
     cand = [json.loads(c) for c in sel["ticket_config"]]
     ex_space = dataclasses.replace(space, ticket={}, variants=cand, raw={k: v for k, v in space.raw.items()
                                                                        if k != "proxy"})
-    code, wall_ex = phase("exhaustive", lambda: run_search._fit(ex_space, root / "exhaustive", storage, "exhaustive",
+    code, wall_ex = phase("exhaustive", lambda: fit(ex_space, root / "exhaustive", storage, "exhaustive",
                                                                 store, ns, restore=False))
     if code != 0:
         print(f"exhaustive search failed (exit {code})", file=sys.stderr)
@@ -143,7 +144,7 @@ def main(argv=None) -> int:
     extra = [seed0 + i for i in range(1, args.seeds)]
     nz_space = dataclasses.replace(ex_space, variants=[best_cfg],
                                    transfer={**space.transfer, "seed": {"grid": extra}})
-    code, wall_noise = phase("noise", lambda: run_search._fit(nz_space, root / "noise", storage, "noise", store, ns,
+    code, wall_noise = phase("noise", lambda: fit(nz_space, root / "noise", storage, "noise", store, ns,
                                                               restore=False))
     if code != 0:
         print(f"noise runs failed (exit {code})", file=sys.stderr)

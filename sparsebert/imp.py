@@ -1,4 +1,4 @@
-"""IMP on the pre-training task (SPEC.md "Baselines"), as a :class:`~sparsebert.training.Method`.
+"""IMP on the pre-training task (SPEC.md "Baselines"), as a :class:`~sparsebert.training.Recipe`.
 
 MLM training of the full weights; every ``interval`` (P) steps prune ``prune_step`` (10 %) of the original weights
 of every matrix by magnitude of the current trained weights, save the ticket, rewind every weight (encoder and MLM
@@ -16,17 +16,15 @@ from typing import Any, Iterator
 import torch
 from torch.nn.utils import parametrize
 
-from .data import iterate_batches
+from .batching import pretraining_batches
 from .evaluation import evaluate_mlm
 from .masking import apply_masks, mask_params
 from .models import PretrainingModel
-from .objectives import mlm_batch, mlm_loss_at
+from .objectives import mlm_loss_at
 from .pruning import check_sparsity, magnitude_masks
 from .registry import prunable_modules
 from .runtime import CPU, Runtime, to_cpu
-from .ticket import Method as TicketMethod
-from .ticket import Ticket, TicketMeta
-from .training import step_generator
+from .ticket import Method, Ticket, TicketMeta
 
 
 @dataclass
@@ -82,7 +80,7 @@ class IMP:
     def sparsity(self) -> float:
         return round(self.round * self.cfg.prune_step, 6)
 
-    # ---- Method protocol ----------------------------------------------------------------------------------------
+    # ---- Recipe protocol ----------------------------------------------------------------------------------------
     def parameters(self):
         return self._trainable()
 
@@ -93,8 +91,8 @@ class IMP:
         return self.cfg.interval
 
     def batches(self, start_step: int) -> Iterator[dict[str, torch.Tensor]]:
-        for step, ids in iterate_batches(self.train_blocks, self.cfg.batch_size, self.seed, start_step):
-            yield mlm_batch(ids, self.tokenizer, step_generator(self.seed, step), self.cfg.mlm_probability)
+        return pretraining_batches(self.train_blocks, self.cfg.batch_size, self.seed, start_step, self.tokenizer,
+                                   self.cfg.mlm_probability)
 
     def loss(self, batch: dict[str, torch.Tensor], step: int):
         with parametrize.cached():
@@ -139,7 +137,7 @@ class IMP:
             p.mask.copy_(masks[k])  # copy_ converts dtype and device
         self.model.load_state_dict(self.pretrained)  # rewind everything (encoder + head) to pre-trained
         meta = TicketMeta(
-            model=self.model_name, method=TicketMethod.IMP, sparsity=s, objective="mlm", steps=step,
+            model=self.model_name, method=Method.IMP, sparsity=s, objective="mlm", steps=step,
             seed=self.seed, config={"interval": self.cfg.interval, "prune_step": self.cfg.prune_step},
         )
         ticket = Ticket({k: m.clone() for k, m in masks.items()}, meta)

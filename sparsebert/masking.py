@@ -14,6 +14,7 @@ result is a plain Hugging Face model that ``save_pretrained``/``from_pretrained`
 
 from __future__ import annotations
 
+import enum
 from typing import Literal
 
 import torch
@@ -80,6 +81,13 @@ def num_pruned(numel: int, sparsity: float) -> int:
     """Weights removed from a matrix of ``numel`` at ``sparsity``: ``round(sparsity * numel)`` (the rule of
     ``torch.nn.utils.prune``); every pruning method and TAMT's threshold reset use this one rule."""
     return int(round(sparsity * numel))
+
+
+class Binarizer(str, enum.Enum):
+    """How TAMT's scores become a mask: ``1[S > tau]`` with tau reset every K steps (the reference) or exact top-k."""
+
+    THRESHOLD = "threshold"
+    TOPK = "topk"
 
 
 BinarizerKind = Literal["threshold", "topk"]

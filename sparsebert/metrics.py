@@ -6,14 +6,14 @@ compared key by key. Combined keys follow the legacy ``transformers`` ``glue_com
 (mean of accuracy and F1: MRPC, QQP) and ``corr`` (mean of Pearson and Spearman: STS-B, reported, not the main
 score).
 
-Which metric is a task's *main score* (best-dev selection, averaging over tasks) is set by the task registry
-(:mod:`sparsebert.tasks`); :func:`main_score` reads it. The SQuAD functions reproduce the official
-``evaluate-v1.1.py`` exactly (normalisation, max over ground truths, bag-of-tokens F1, x100, unanswered = 0).
+Which metrics a task reports and which is its *main score* (best-dev selection, averaging over tasks) is set by
+the task registry: :func:`sparsebert.tasks.compute_task_metrics` and :func:`sparsebert.tasks.main_score` (this
+module knows nothing of tasks). The SQuAD functions reproduce the official ``evaluate-v1.1.py`` exactly
+(normalisation, max over ground truths, bag-of-tokens F1, x100, unanswered = 0).
 """
 
 from __future__ import annotations
 
-import math
 import re
 import string
 import warnings
@@ -30,9 +30,6 @@ __all__ = [
     "matthews",
     "pearson_spearman",
     "to_class_predictions",
-    "compute_task_metrics",
-    "compute_split_metrics",
-    "main_score",
     "normalize_answer",
     "squad_exact_match",
     "squad_f1",
@@ -99,7 +96,7 @@ def matthews(predictions: Any, labels: Any) -> dict[str, float]:
 
 def pearson_spearman(predictions: Any, labels: Any) -> dict[str, float]:
     """Pearson and Spearman correlation (scipy). NaN when either side is constant (scipy's behaviour, no warning);
-    :func:`main_score` maps that NaN to 0.0."""
+    :func:`sparsebert.tasks.main_score` maps that NaN to 0.0."""
     from scipy.stats import pearsonr, spearmanr
 
     p, y = _as_1d(predictions).astype(np.float64), _as_1d(labels).astype(np.float64)
@@ -112,64 +109,6 @@ def pearson_spearman(predictions: Any, labels: Any) -> dict[str, float]:
             pr = float(pearsonr(p, y)[0])
             sr = float(spearmanr(p, y)[0])
     return {"pearson": pr, "spearmanr": sr, "corr": (pr + sr) / 2}
-
-
-def compute_task_metrics(task_name: str, predictions: Any, labels: Any) -> dict[str, float]:
-    """All metrics of one task on one evaluation split.
-
-    ``predictions``: class ids or logits (classification), scores or an (n, 1) array (regression). For MNLI call it
-    once per split (matched, mismatched) or use :func:`compute_split_metrics`. SQuAD is scored with
-    :func:`squad_metrics` (it needs texts, not arrays).
-    """
-    from .tasks import get_task
-
-    spec = get_task(task_name)
-    if spec.kind == "span":
-        raise ValueError(f"{spec.name!r} is a span task: score it with squad_metrics(predictions, references)")
-    if spec.kind == "regression":
-        preds = np.asarray(predictions, dtype=np.float64)
-        if preds.ndim == 2 and preds.shape[1] == 1:
-            preds = preds[:, 0]
-    else:
-        preds = to_class_predictions(predictions)
-    out: dict[str, float] = {}
-    for fn in spec.metric_fns:
-        out.update(fn(preds, labels))
-    return out
-
-
-def compute_split_metrics(task_name: str, per_split: Mapping[str, tuple[Any, Any]]) -> dict[str, dict[str, float]]:
-    """``{split: (predictions, labels)}`` -> ``{split: metrics}`` (e.g. MNLI's validation_matched and
-    validation_mismatched, each scored on its own and never merged)."""
-    return {split: compute_task_metrics(task_name, p, y) for split, (p, y) in per_split.items()}
-
-
-def main_score(task_name: str, metrics: Mapping[str, Any]) -> float:
-    """The single number used for best-dev selection and for averaging over tasks (see the table in
-    :mod:`sparsebert.tasks`).
-
-    ``metrics`` is either one split's flat metrics dict (for MNLI: the *matched* split's) or a nested
-    ``{split: metrics}`` dict, from which the task's ``main_split`` is read. A combined key (``acc_and_f1``) is
-    recomputed from its parts if absent. An undefined correlation (NaN: constant predictions) counts as 0.0.
-    """
-    from .tasks import get_task
-
-    spec = get_task(task_name)
-    flat: Mapping[str, Any] = metrics
-    if spec.main_split in metrics and isinstance(metrics[spec.main_split], Mapping):
-        flat = metrics[spec.main_split]
-    elif any(isinstance(v, Mapping) for v in metrics.values()):
-        raise KeyError(f"{spec.name}: nested metrics have no {spec.main_split!r} split: {sorted(metrics)}")
-    key = spec.main_metric
-    if key in flat:
-        value = float(flat[key])
-    elif key == "acc_and_f1" and "accuracy" in flat and "f1" in flat:
-        value = (float(flat["accuracy"]) + float(flat["f1"])) / 2
-    elif key == "corr" and "pearson" in flat and "spearmanr" in flat:
-        value = (float(flat["pearson"]) + float(flat["spearmanr"])) / 2
-    else:
-        raise KeyError(f"{spec.name}: main metric {key!r} not in {sorted(flat)}")
-    return 0.0 if math.isnan(value) else value
 
 
 # --------------------------------------------------------------------------------------------------- SQuAD v1.1

@@ -14,12 +14,12 @@ from typing import Iterator
 
 import torch
 
-from .data import iterate_batches
+from .batching import pretraining_batches
 from .models import PretrainingModel, load_head, resolve, save_head
-from .objectives import mlm_batch, mlm_loss_at
+from .objectives import mlm_loss_at
 from .runtime import CPU, Runtime, to_cpu
 from .ticket import config_hash
-from .training import TrainConfig, step_generator, train
+from .training import TrainConfig, train
 
 
 @dataclass
@@ -51,8 +51,7 @@ class HeadFit:
         return None
 
     def batches(self, start_step: int) -> Iterator[dict[str, torch.Tensor]]:
-        for step, ids in iterate_batches(self.blocks, self.cfg.batch_size, self.cfg.seed, start_step):
-            yield mlm_batch(ids, self.tokenizer, step_generator(self.cfg.seed, step))
+        return pretraining_batches(self.blocks, self.cfg.batch_size, self.cfg.seed, start_step, self.tokenizer)
 
     def loss(self, batch, step):
         with torch.no_grad():
@@ -74,14 +73,14 @@ class HeadFit:
 
 
 def head_cache_path(model_name: str, data_id: str, cfg: HeadFitConfig) -> Path:
-    from .embedded import cache_root
+    from .fsutil import cache_root
 
     key = config_hash({"model": str(Path(resolve(model_name)).resolve()) if Path(resolve(model_name)).exists()
                        else model_name, "data": data_id, **cfg.__dict__})
     return cache_root() / "mlm_heads" / f"{key}.safetensors"
 
 
-def ensure_mlm_head(
+def load_or_fit_head(
     model: PretrainingModel, model_name: str, tokenizer, blocks: torch.Tensor, data_id: str,
     cfg: HeadFitConfig | None = None, log=None, runtime: Runtime = CPU,
 ) -> Path | None:

@@ -9,7 +9,6 @@ so a ticket's baked export computes the same MLM logits.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -18,24 +17,8 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoTokenizer, PreTrainedTokenizerBase
 from transformers import logging as hf_logging
 
+from .embedded import EMBEDDED_MODEL
 from .registry import SUPPORTED_MODEL_TYPES, UnsupportedModelError
-
-
-@dataclass
-class ModelConfig:
-    """Which pre-trained model to start from."""
-
-    name: str = field(
-        default="embedded-minilm",
-        metadata={"help": "hub name (bert-base-uncased, roberta-base), a local HF dir, or 'embedded-minilm'"},
-    )
-    mlm_head: str | None = field(
-        default=None,
-        metadata={"help": "safetensors file with a fitted MLM head (for checkpoints that ship none)"},
-    )
-
-
-EMBEDDED_MODEL = "embedded-minilm"
 
 
 def resolve(name: str) -> str:

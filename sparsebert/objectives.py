@@ -78,13 +78,3 @@ def kd_loss(
             losses.append((d * m).sum() / m.sum().clamp_min(1.0))
     return torch.stack(losses).mean()
 
-
-def mlm_batch(ids: torch.Tensor, tokenizer, generator: torch.Generator, mlm_probability: float = 0.15
-              ) -> dict[str, torch.Tensor]:
-    """A CPU batch for an MLM step: masked ``input_ids`` plus the flat ``positions`` and ``targets`` of the
-    masked tokens (the standard 15 % / 80-10-10 rule, drawn from ``generator``)."""
-    from .data import mask_tokens
-
-    masked, labels = mask_tokens(ids, tokenizer, generator=generator, mlm_probability=mlm_probability)
-    positions, targets = mlm_targets(labels)
-    return {"input_ids": masked, "positions": positions, "targets": targets}

@@ -6,7 +6,7 @@ the global variant keeps the largest-magnitude weights over all prunable matrice
 
 from __future__ import annotations
 
-from typing import Literal
+import enum
 
 import torch
 from torch import nn
@@ -15,7 +15,11 @@ from .masking import num_pruned
 from .registry import prunable_weights
 from .ticket import Method, Ticket, TicketMeta
 
-Scope = Literal["per_matrix", "global"]
+class Scope(str, enum.Enum):
+    """Where the sparsity is held: every matrix exactly (the reference) or overall (one threshold for all)."""
+
+    PER_MATRIX = "per_matrix"
+    GLOBAL = "global"
 
 
 def check_sparsity(sparsity: float) -> float:

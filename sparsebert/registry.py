@@ -7,7 +7,6 @@ the MLM head, task heads. BERT-base has 6 x 12 + 2 = 74 prunable matrices; RoBER
 
 from __future__ import annotations
 
-import re
 
 from torch import nn
 
@@ -54,19 +53,6 @@ def prunable_module_names(model: nn.Module) -> list[str]:
 def prunable_weight_names(model: nn.Module) -> list[str]:
     """Fully-qualified names of the prunable weights (``<module>.weight``), the keys of every mask."""
     return [f"{m}.weight" for m in prunable_module_names(model)]
-
-
-def canonical_name(name: str) -> str:
-    """Strip a parametrization suffix: ``x.parametrizations.weight.original`` -> ``x.weight``."""
-    return re.sub(r"\.parametrizations\.weight\.original$", ".weight", name)
-
-
-def strip_base_prefix(name: str) -> str:
-    """``bert.encoder.layer.0...`` -> ``encoder.layer.0...``: masks made on an MLM model apply to a classifier."""
-    for attr in SUPPORTED_MODEL_TYPES.values():
-        if name.startswith(attr + "."):
-            return name[len(attr) + 1 :]
-    return name
 
 
 def prunable_modules(model: nn.Module) -> dict[str, nn.Module]:

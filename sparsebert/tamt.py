@@ -1,4 +1,4 @@
-"""TAMT: task-agnostic mask training (SPEC.md "Mask training"), as a :class:`~sparsebert.training.Method`.
+"""TAMT: task-agnostic mask training (SPEC.md "Mask training"), as a :class:`~sparsebert.training.Recipe`.
 
 Pre-trained weights are frozen; each prunable matrix gets a score tensor S (a :class:`ScoreMask`), the forward uses
 W * 1[S > tau] with a straight-through gradient to S. Init from the OMP or a random mask (kept 0.02, pruned 0,
@@ -17,17 +17,15 @@ from typing import Any, Iterator
 import torch
 from torch.nn.utils import parametrize
 
-from .data import iterate_batches
+from .batching import pretraining_batches
 from .evaluation import evaluate_kd, evaluate_mlm
-from .masking import ScoreMask, apply_score_masks, current_masks
+from .masking import Binarizer, ScoreMask, apply_score_masks, current_masks
 from .models import PretrainingModel
-from .objectives import Objective, ObjectiveConfig, kd_loss, mlm_batch, mlm_loss_at
+from .objectives import Objective, ObjectiveConfig, kd_loss, mlm_loss_at
 from .pruning import check_sparsity, magnitude_masks, random_masks
 from .registry import prunable_weights
 from .runtime import CPU, Runtime, to_cpu
-from .ticket import Method as TicketMethod
-from .ticket import Ticket, TicketMeta
-from .training import step_generator
+from .ticket import Method, Ticket, TicketMeta
 
 
 class MaskInit(str, enum.Enum):
@@ -42,8 +40,8 @@ class TAMTConfig:
     sparsity: float = field(default=0.7, metadata={"help": "per-matrix sparsity of the ticket"})
     init: MaskInit = field(default=MaskInit.OMP, metadata={"help": "initial mask: omp | random"})
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
-    binarizer: str = field(
-        default="threshold",
+    binarizer: Binarizer = field(
+        default=Binarizer.THRESHOLD,
         metadata={"help": "threshold: 1[S>tau], tau reset every reset_every steps (reference) | topk: exact"},
     )
     reset_every: int = field(default=100, metadata={"help": "K: steps between threshold resets (ref 1000 MLM/100 KD)"})
@@ -61,8 +59,9 @@ class TAMTConfig:
         self.init = MaskInit(self.init)
         if isinstance(self.objective, dict):
             self.objective = ObjectiveConfig(**self.objective)
-        if self.binarizer not in ("threshold", "topk"):
+        if self.binarizer not in [b.value for b in Binarizer]:
             raise ValueError(f"binarizer must be 'threshold' or 'topk', got {self.binarizer!r}")
+        self.binarizer = Binarizer(self.binarizer)
         if self.reset_every < 1:
             raise ValueError("reset_every must be >= 1")
         self.save_at = tuple(sorted(int(s) for s in self.save_at))
@@ -108,7 +107,7 @@ class TAMT:
         if self.teacher is not None:
             self.teacher.to(runtime.device)
 
-    # ---- Method protocol ----------------------------------------------------------------------------------------
+    # ---- Recipe protocol ----------------------------------------------------------------------------------------
     def parameters(self):
         groups = [{"params": [s.scores for s in self.scores.values()]}]
         if self.head:
@@ -123,12 +122,9 @@ class TAMT:
 
     def batches(self, start_step: int) -> Iterator[dict[str, torch.Tensor]]:
         """CPU batches: the block slice, MLM-masked here (seeded by the step) when the objective uses MLM."""
-        for step, ids in iterate_batches(self.train_blocks, self.cfg.batch_size, self.seed, start_step):
-            if self.objective.uses_mlm:
-                yield mlm_batch(ids, self.tokenizer, step_generator(self.seed, step),
-                                self.cfg.objective.mlm_probability)
-            else:
-                yield {"input_ids": ids}
+        return pretraining_batches(self.train_blocks, self.cfg.batch_size, self.seed, start_step,
+                                   self.tokenizer if self.objective.uses_mlm else None,
+                                   self.cfg.objective.mlm_probability)
 
     def loss(self, batch: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         oc, ids = self.cfg.objective, batch["input_ids"]
@@ -192,7 +188,7 @@ class TAMT:
         """The current mask as a ticket, exactly at the target sparsity (thresholds reset first)."""
         self.reset_thresholds()
         meta = TicketMeta(
-            model=self.model_name, method=TicketMethod.TAMT, sparsity=self.cfg.sparsity,
+            model=self.model_name, method=Method.TAMT, sparsity=self.cfg.sparsity,
             init=self.cfg.init.value, objective=self.objective.value, steps=step, seed=self.seed,
             config=_jsonable(self.cfg),
         )

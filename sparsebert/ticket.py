@@ -40,6 +40,33 @@ class Method(str, enum.Enum):
     TAMT = "tamt"
 
 
+OBJECTIVE_NAMES = {"mlm": "MLM", "kd": "KD", "mlm_kd": "MLM+KD", "mlm+kd": "MLM+KD"}
+
+
+def _text(v: Any) -> str | None:
+    """A label part from a value that may be an enum, None, NaN or '' (results frames hold all of these)."""
+    if v is None or (isinstance(v, float) and v != v):
+        return None
+    s = str(v.value if isinstance(v, enum.Enum) else v).strip()
+    return None if s == "" or s.lower() in ("none", "nan", "null", "<na>") else s
+
+
+def method_label(method: Any, init: Any = None, objective: Any = None) -> str:
+    """The one display label of a ticket's method: Dense, OMP, Random, IMP, TAMT-MLM, TAMT-KD, TAMT-MLM+KD, with
+    ' (random init)' for TAMT from a random mask. Used by trial names, results rows, tables and figures."""
+    m = (_text(method) or "?").lower()
+    obj = (_text(objective) or "").lower()
+    obj_name = OBJECTIVE_NAMES.get(obj, obj.upper())
+    if m in ("dense", "omp", "random"):
+        return {"dense": "Dense", "omp": "OMP", "random": "Random"}[m]
+    if m == "imp":
+        return "IMP" if obj in ("", "mlm") else f"IMP-{obj_name}"
+    if m == "tamt":
+        lab = f"TAMT-{obj_name}" if obj_name else "TAMT"
+        return lab + (" (random init)" if (_text(init) or "omp").lower() == "random" else "")
+    return m.upper()
+
+
 class TicketError(ValueError):
     """A ticket file is malformed or does not match the model it is applied to."""
 
@@ -136,6 +163,21 @@ class Ticket:
             raise TicketError(f"{path / META_FILE}: bad metadata: {e}") from e
         masks = load_file(str(path / MASK_FILE))
         return cls(masks=masks, meta=meta)
+
+
+def mask_file(path: str | os.PathLike) -> Path:
+    """The mask file of a ticket directory (or ``path`` itself when it is the file). FileNotFoundError if absent."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / MASK_FILE
+    if not p.is_file():
+        raise FileNotFoundError(f"no mask file at {p}")
+    return p
+
+
+def read_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """The raw ``ticket.json`` of a ticket directory (no validation: what analysis reads)."""
+    return json.loads((Path(path) / META_FILE).read_text())
 
 
 def read_masks(path: str | os.PathLike) -> dict[str, torch.Tensor]:

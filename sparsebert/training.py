@@ -1,5 +1,5 @@
 """The one training loop. TAMT (MLM/KD/MLM+KD), IMP, MLM-head fitting and fine-tuning all run through
-:func:`train`; they differ only in a :class:`Method` (trainable parameters, loss, per-step hook, evaluation,
+:func:`train`; they differ only in a :class:`Recipe` (trainable parameters, loss, per-step hook, evaluation,
 state), never in copies of the loop.
 
 The loop knows nothing of Ray. It reports through a callback ``report(metrics, write_checkpoint)``: the caller
@@ -52,7 +52,7 @@ class TrainConfig:
             raise ValueError(f"schedule must be 'linear' or 'constant', got {self.schedule!r}")
 
 
-class Method(Protocol):
+class Recipe(Protocol):
     """What differs between methods. ``batches(start)`` must yield the same batch for a given step wherever it
     starts (exact resume); batches are CPU tensors (the loop moves them to the method's device, one step ahead), so
     per-step randomness such as MLM masking belongs in ``batches``, not in ``loss``. ``loss`` runs under the
@@ -81,7 +81,7 @@ def _schedule(cfg: TrainConfig, total: int) -> Callable[[int], float]:
     return factor
 
 
-def _build_optim(method: Method, cfg: TrainConfig, total: int, runtime: Runtime = CPU):
+def _build_optim(method: Recipe, cfg: TrainConfig, total: int, runtime: Runtime = CPU):
     """AdamW over the method's parameters (fused on CUDA); a method may give param groups (dicts with their own
     ``lr``)."""
     groups = list(method.parameters())
@@ -130,7 +130,7 @@ def _floats(d: dict[str, Any]) -> dict[str, Any]:
 
 
 def train(
-    method: Method,
+    method: Recipe,
     cfg: TrainConfig,
     report: Report | None = None,
     resume_from: str | os.PathLike | None = None,
@@ -247,8 +247,3 @@ def train(
         if report is not None:
             report(metrics, write_checkpoint)
     return metrics
-
-
-def step_generator(seed: int, step: int) -> torch.Generator:
-    """A generator determined by (seed, step): per-step randomness (MLM masking) that resumes exactly."""
-    return torch.Generator().manual_seed((int(seed) * 1_000_003 + int(step)) % (2**63 - 1))

@@ -35,6 +35,22 @@ def wikitext2_dir(shared_data) -> Path:
     return _need(shared_data / "wikitext-2-raw")
 
 
+@pytest.fixture(scope="session")
+def tok():
+    """The embedded MiniLM's tokenizer (bert-base-uncased's vocabulary)."""
+    from sparsebert.models import load_tokenizer
+
+    return load_tokenizer("embedded-minilm")
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """A tiny random 2-layer BERT (hidden 32) with an MLM head and a pooler, as a local HF dir."""
+    from sparsebert.models import tiny_model_dir
+
+    return str(tiny_model_dir(tmp_path_factory.mktemp("tiny"), "bert", hidden=32, layers=2))
+
+
 @pytest.fixture(scope="module")
 def ray_local():
     """A local Ray for one test module (token auth off: nothing listens for other machines)."""

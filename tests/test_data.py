@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from sparsebert import batching as B
 from sparsebert import data as D
 from sparsebert.embedded import EMBEDDED_MODEL, resolve_model_path
 
@@ -262,7 +263,7 @@ def test_kd_paragraphs_real_wikitext2(bert_tok, wikitext2_dir, cache):
 
 
 def test_pad_batch():
-    out = D.pad_batch([[5, 6, 7], [8]], pad_id=0)
+    out = B.pad_batch([[5, 6, 7], [8]], pad_id=0)
     assert out["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
     assert out["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
     assert out["input_ids"].dtype == torch.long
@@ -272,11 +273,11 @@ def test_pad_batch():
 
 def test_iterate_batches_resume_exactly():
     blocks = torch.arange(23 * 4).reshape(23, 4)
-    it = D.iterate_batches(blocks, batch_size=5, seed=3)
+    it = B.iterate_batches(blocks, batch_size=5, seed=3)
     from_zero = [next(it) for _ in range(15)]  # 4 steps per epoch: spans 4 epochs
     assert [s for s, _ in from_zero] == list(range(15))
     for k in (1, 4, 7, 13):
-        it_k = D.iterate_batches(blocks, batch_size=5, seed=3, start_step=k)
+        it_k = B.iterate_batches(blocks, batch_size=5, seed=3, start_step=k)
         for step, batch in [next(it_k) for _ in range(15 - k)]:
             assert batch.equal(from_zero[step][1])
     # each epoch: distinct rows, a fresh permutation; another seed gives other batches
@@ -284,16 +285,16 @@ def test_iterate_batches_resume_exactly():
         rows = torch.cat([b[:, 0] for _, b in from_zero[4 * e:4 * e + 4]])
         assert len(set(rows.tolist())) == 20
     assert not from_zero[0][1].equal(from_zero[4][1])
-    assert not next(D.iterate_batches(blocks, 5, seed=4))[1].equal(from_zero[0][1])
-    assert from_zero[6][1].equal(blocks[D.batch_indices(23, 5, seed=3, step=6)])
+    assert not next(B.iterate_batches(blocks, 5, seed=4))[1].equal(from_zero[0][1])
+    assert from_zero[6][1].equal(blocks[B.epoch_permutation(23, seed=3, epoch=1)[10:15]])  # step 6: epoch 1, pos 2
 
 
 def test_iterate_batches_lists_and_errors():
     items = [[i] * (i % 3 + 1) for i in range(10)]
-    step, batch = next(D.iterate_batches(items, batch_size=4, seed=0, start_step=5))
+    step, batch = next(B.iterate_batches(items, batch_size=4, seed=0, start_step=5))
     assert step == 5 and len(batch) == 4 and all(b in items for b in batch)
     with pytest.raises(ValueError):
-        next(D.iterate_batches(items, batch_size=11, seed=0))
+        next(B.iterate_batches(items, batch_size=11, seed=0))
 
 
 # ------------------------------------------------------------------------------------------------------ masking
@@ -301,10 +302,10 @@ def test_iterate_batches_lists_and_errors():
 def test_mask_tokens_statistics(bert_tok, wikitext2_dir, cache):
     cfg = D.TextDataConfig(source=str(wikitext2_dir), block_size=128, cache_dir=cache, max_blocks=400)
     blocks = D.tokenized_blocks(cfg, bert_tok, "validation")
-    masked, labels = D.mask_tokens(blocks, bert_tok, seed=0)
+    masked, labels = B.mask_tokens(blocks, bert_tok, seed=0)
     assert masked.shape == labels.shape == blocks.shape
     sel = labels != -100
-    special = D.special_tokens_mask(blocks, bert_tok)
+    special = B.special_tokens_mask(blocks, bert_tok)
     assert not (sel & special).any()  # [CLS]/[SEP] never masked
     assert masked[special].equal(blocks[special])
     assert labels[sel].equal(blocks[sel])
@@ -320,23 +321,23 @@ def test_mask_tokens_statistics(bert_tok, wikitext2_dir, cache):
 
 
 def test_mask_tokens_determinism_and_collator(bert_tok):
-    ids = D.pad_batch([[101] + list(range(2000, 2000 + n)) + [102] for n in (60, 30, 45)], bert_tok.pad_token_id)
+    ids = B.pad_batch([[101] + list(range(2000, 2000 + n)) + [102] for n in (60, 30, 45)], bert_tok.pad_token_id)
     x = ids["input_ids"]
-    a = D.mask_tokens(x, bert_tok, seed=7)
-    b = D.mask_tokens(x, bert_tok, generator=torch.Generator().manual_seed(7))
+    a = B.mask_tokens(x, bert_tok, seed=7)
+    b = B.mask_tokens(x, bert_tok, generator=torch.Generator().manual_seed(7))
     assert a[0].equal(b[0]) and a[1].equal(b[1])
-    c = D.mask_tokens(x, bert_tok, seed=8)
+    c = B.mask_tokens(x, bert_tok, seed=8)
     assert not c[1].equal(a[1])
     gen = torch.Generator().manual_seed(7)
-    first, second = D.mask_tokens(x, bert_tok, generator=gen), D.mask_tokens(x, bert_tok, generator=gen)
+    first, second = B.mask_tokens(x, bert_tok, generator=gen), B.mask_tokens(x, bert_tok, generator=gen)
     assert not first[1].equal(second[1])  # the generator advances
     pad = x == bert_tok.pad_token_id
     assert pad.any()
     for _ in range(20):  # padding and special tokens never masked
-        m, lab = D.mask_tokens(x, bert_tok)
+        m, lab = B.mask_tokens(x, bert_tok)
         assert (lab[pad] == -100).all() and (lab[:, 0] == -100).all() and m[pad].equal(x[pad])
     # the same rule as transformers' standard collator, with the same seed
-    collated = D.mlm_collator(bert_tok, seed=7)([row[row != bert_tok.pad_token_id] for row in x])
+    collated = B.mlm_collator(bert_tok, seed=7)([row[row != bert_tok.pad_token_id] for row in x])
     assert collated["input_ids"].equal(a[0]) and collated["labels"].equal(a[1])
     with pytest.raises(ValueError):
-        D.mask_tokens(x, bert_tok, seed=1, generator=gen)
+        B.mask_tokens(x, bert_tok, seed=1, generator=gen)

@@ -10,22 +10,11 @@ from transformers import AutoModel
 
 from helpers import read_pairs, write_mnli, write_qqp
 from sparsebert.finetune import FineTune, FinetuneConfig, paper_finetune
-from sparsebert.models import load_tokenizer, tiny_model_dir
 from sparsebert.pruning import omp_ticket
 from sparsebert.registry import prunable_weights
 from sparsebert.task_tensors import TaskTensors, epoch_batches, train_batches
-from sparsebert.tasks import load_task
+from sparsebert.task_data import load_task
 from sparsebert.training import TrainConfig, train
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return str(tiny_model_dir(tmp_path_factory.mktemp("tiny"), "bert", hidden=32, layers=2))
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return load_tokenizer("embedded-minilm")
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 from sparsebert import metrics as M
+from sparsebert.tasks import compute_task_metrics, main_score
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -31,7 +32,7 @@ def test_logits_are_argmaxed():
     assert M.accuracy(logits, y)["accuracy"] == pytest.approx(accuracy_score(y, logits.argmax(-1)))
     # multi-class through the registry
     expected = accuracy_score(y, logits.argmax(-1))
-    assert M.compute_task_metrics("mnli", logits, y) == {"accuracy": pytest.approx(expected)}
+    assert compute_task_metrics("mnli", logits, y) == {"accuracy": pytest.approx(expected)}
 
 
 def test_f1_positive_class_is_one():
@@ -53,9 +54,9 @@ def test_correlations_match_scipy(seed):
 
 
 def test_constant_predictions_give_nan_correlation_and_zero_main_score():
-    out = M.compute_task_metrics("stsb", np.full(10, 2.5), np.linspace(0, 5, 10))
+    out = compute_task_metrics("stsb", np.full(10, 2.5), np.linspace(0, 5, 10))
     assert math.isnan(out["pearson"])
-    assert M.main_score("stsb", out) == 0.0
+    assert main_score("stsb", out) == 0.0
 
 
 def test_compute_task_metrics_keys_and_main_scores():
@@ -72,34 +73,33 @@ def test_compute_task_metrics_keys_and_main_scores():
         "polarity": {"accuracy"},
     }
     for task, keys in expected_keys.items():
-        m = M.compute_task_metrics(task, p, y)
+        m = compute_task_metrics(task, p, y)
         assert set(m) == keys, task
         assert all(isinstance(v, float) for v in m.values())
-    m = M.compute_task_metrics("mrpc", p, y)
-    assert M.main_score("mrpc", m) == pytest.approx((m["accuracy"] + m["f1"]) / 2)
-    assert M.main_score("mrpc", {"accuracy": 0.8, "f1": 0.9}) == pytest.approx(0.85)  # recomputed when absent
-    assert M.main_score("cola", M.compute_task_metrics("cola", p, y)) == pytest.approx(matthews_corrcoef(y, p))
-    assert M.main_score("stsb", {"pearson": 0.9, "spearmanr": 0.8, "corr": 0.85}) == 0.9
-    assert M.main_score("squad", {"exact_match": 80.0, "f1": 88.0}) == 88.0
+    m = compute_task_metrics("mrpc", p, y)
+    assert main_score("mrpc", m) == pytest.approx((m["accuracy"] + m["f1"]) / 2)
+    assert main_score("mrpc", {"accuracy": 0.8, "f1": 0.9}) == pytest.approx(0.85)  # recomputed when absent
+    assert main_score("cola", compute_task_metrics("cola", p, y)) == pytest.approx(matthews_corrcoef(y, p))
+    assert main_score("stsb", {"pearson": 0.9, "spearmanr": 0.8, "corr": 0.85}) == 0.9
+    assert main_score("squad", {"exact_match": 80.0, "f1": 88.0}) == 88.0
 
 
 def test_mnli_splits_scored_separately_main_is_matched():
     y_m, p_m = np.array([0, 1, 2, 0]), np.array([0, 1, 2, 1])  # 3/4
     y_mm, p_mm = np.array([0, 1, 2, 0]), np.array([0, 0, 0, 0])  # 2/4
-    nested = M.compute_split_metrics(
-        "mnli", {"validation_matched": (p_m, y_m), "validation_mismatched": (p_mm, y_mm)}
-    )
+    per_split = {"validation_matched": (p_m, y_m), "validation_mismatched": (p_mm, y_mm)}
+    nested = {split: compute_task_metrics("mnli", p, y) for split, (p, y) in per_split.items()}  # as finetune does
     assert nested == {"validation_matched": {"accuracy": 0.75}, "validation_mismatched": {"accuracy": 0.5}}
-    assert M.main_score("mnli", nested) == 0.75
+    assert main_score("mnli", nested) == 0.75
     with pytest.raises(KeyError):
-        M.main_score("mnli", {"validation_mismatched": {"accuracy": 0.5}})
+        main_score("mnli", {"validation_mismatched": {"accuracy": 0.5}})
 
 
 def test_bad_inputs():
     with pytest.raises(ValueError, match="valid tasks"):
-        M.compute_task_metrics("wnli", [0], [0])
+        compute_task_metrics("wnli", [0], [0])
     with pytest.raises(ValueError, match="span task"):
-        M.compute_task_metrics("squad", [0], [0])
+        compute_task_metrics("squad", [0], [0])
     with pytest.raises(ValueError):
         M.accuracy([0, 1], [0])
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from sparsebert.data import TextDataConfig, tokenized_blocks
-from sparsebert.mlm_head import HeadFitConfig, ensure_mlm_head
+from sparsebert.mlm_head import HeadFitConfig, load_or_fit_head
 from sparsebert.models import load_pretraining_model, load_tokenizer
 from sparsebert.objectives import ObjectiveConfig
 from sparsebert.tamt import TAMT, TAMTConfig
@@ -32,7 +32,7 @@ def head_file(tok):
     """The fitted MLM head (MiniLM ships none): fitted once per machine, then read from the cache."""
     model = load_pretraining_model(MODEL)
     cfg = TextDataConfig(source="embedded", block_size=128)
-    return ensure_mlm_head(model, MODEL, tok, tokenized_blocks(cfg, tok, "train"), "embedded-128", HeadFitConfig())
+    return load_or_fit_head(model, MODEL, tok, tokenized_blocks(cfg, tok, "train"), "embedded-128", HeadFitConfig())
 
 
 def _tamt(objective, tok, blocks, head_file=None):

@@ -14,7 +14,8 @@ import yaml
 
 from conftest import REPO
 from search_spaces.loader import SpaceError, load_space
-from search_spaces.proxy_runner import check_space, run_proxy_search, validate_proxy
+from search.proxy_search import run_proxy_search
+from search_spaces.proxy_rules import check_space, validate_proxy
 from sparsebert.proxy import ProxyRule, halving_budgets, halving_layout, rank, select, top_k
 
 NAN = float("nan")

@@ -15,7 +15,7 @@ from sparsebert.data import TextDataConfig, tokenized_blocks
 from sparsebert.finetune import FineTune, FinetuneConfig
 from sparsebert.imp import IMP, IMPConfig
 from sparsebert.masking import mask_params
-from sparsebert.models import load_pretraining_model, load_tokenizer, tiny_model_dir
+from sparsebert.models import load_pretraining_model
 from sparsebert.objectives import ObjectiveConfig
 from sparsebert.pruning import omp_ticket
 from sparsebert.registry import prunable_weights
@@ -29,16 +29,6 @@ from conftest import REPO
 
 BF16 = Runtime(torch.device("cpu"), torch.bfloat16)
 FP16 = Runtime(torch.device("cpu"), torch.float16)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return load_tokenizer("embedded-minilm")
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return str(tiny_model_dir(tmp_path_factory.mktemp("tiny"), "bert", hidden=32, layers=2))
 
 
 @pytest.fixture(scope="module")
@@ -145,19 +135,23 @@ def test_finetuning_in_bf16_learns_and_keeps_pruned_weights_zero(tiny, tok, shar
         assert torch.all(w[~ticket.masks[key]] == 0), key
 
 
+def crash_after(step: int, directory):
+    """A report callback that writes a checkpoint at ``step`` and then "crashes"."""
+    def report(metrics, write):
+        if metrics["step"] == step:
+            write(directory)
+            raise KeyboardInterrupt
+
+    return report
+
+
 # ---- checkpoints across precisions --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("first,second", [(BF16, CPU), (CPU, BF16)])
 def test_a_checkpoint_written_in_one_precision_resumes_in_another(first, second, tiny, tok, blocks, tmp_path):
     tc = TrainConfig(steps=6, lr=1e-2, eval_every=3, log_every=0, seed=1)
-
-    def stop_at_3(metrics, write):
-        if metrics["step"] == 3:
-            write(tmp_path / "ck")
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        train(make_tamt(tiny, tok, blocks, first), tc, report=stop_at_3)
+        train(make_tamt(tiny, tok, blocks, first), tc, report=crash_after(3, tmp_path / "ck"))
     state = load_checkpoint(tmp_path / "ck")
     assert state["precision"] == first.precision
     assert all(v.device.type == "cpu" for v in state["method"]["scores"].values())
@@ -171,14 +165,8 @@ def test_bf16_resume_on_cpu_is_exact(tiny, tok, blocks, tmp_path):
     tc = TrainConfig(steps=6, lr=1e-2, eval_every=3, log_every=0, seed=2)
     full = make_tamt(tiny, tok, blocks, BF16)
     train(full, tc)
-
-    def stop_at_3(metrics, write):
-        if metrics["step"] == 3:
-            write(tmp_path / "ck")
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        train(make_tamt(tiny, tok, blocks, BF16), tc, report=stop_at_3)
+        train(make_tamt(tiny, tok, blocks, BF16), tc, report=crash_after(3, tmp_path / "ck"))
     resumed = make_tamt(tiny, tok, blocks, BF16)
     train(resumed, tc, resume_from=tmp_path / "ck")
     for k, s in full.scores.items():

@@ -10,7 +10,8 @@ import pytest
 
 from sparsebert import squad
 from sparsebert.metrics import normalize_answer, squad_metrics
-from sparsebert.tasks import load_task, tokenize_task
+from sparsebert.task_data import load_task
+from sparsebert.task_tokenize import tokenize_task
 
 
 @pytest.fixture(scope="module")

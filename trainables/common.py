@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import dataclasses
 import os
 import sys
 import tempfile
@@ -17,11 +16,12 @@ import torch
 from ray import tune
 from ray.tune import Checkpoint
 
-from sparsebert.pipeline import EvalSpec, FinderSpec
+from sparsebert.finders import FinderSpec
+from sparsebert.finders import finder_spec as spec_from_dict
+from sparsebert.pipeline import EvalSpec
 from sparsebert.runtime import Runtime
 from sparsebert.runtime import resolve as resolve_runtime
 
-TRAIN_KEYS = {"lr", "weight_decay", "grad_clip", "warmup_steps", "schedule", "eval_every", "seed"}
 
 
 def _join_trial_threads(timeout: float = 10.0) -> None:
@@ -67,11 +67,20 @@ def trial_runtime(config: dict[str, Any], log: Callable[[str], None] | None = No
 
 def finder_spec(config: dict[str, Any]) -> FinderSpec:
     """The ticket spec of a trial: ``ticket`` (common fields) overlaid with ``variant`` (one grid point)."""
-    return FinderSpec.from_dict({**config.get("ticket", {}), **(config.get("variant") or {})})
+    return spec_from_dict(_ticket_dict(config))
+
+
+def _ticket_dict(config: dict[str, Any]) -> dict[str, Any]:
+    return {**config.get("ticket", {}), **(config.get("variant") or {})}
 
 
 def eval_spec(config: dict[str, Any]) -> EvalSpec:
-    return EvalSpec(**(config.get("eval") or {}))
+    """The space's ``eval`` section; its text defaults to the ticket section's (one held-out text per space)."""
+    ev = dict(config.get("eval") or {})
+    text = _ticket_dict(config).get("text")
+    if ev.get("text") is None and text is not None:
+        ev["text"] = text
+    return EvalSpec(**ev)
 
 
 def log_fn(prefix: str) -> Callable[[str], None]:
@@ -116,28 +125,10 @@ def ticket_columns(spec: FinderSpec, ticket_path: Path | None, metrics: dict[str
     return {
         **({"device": runtime.device.type, "precision": runtime.precision} if runtime is not None else {}),
         "model": spec.model, "method": spec.method.value, "label": spec.label(), "sparsity": spec.sparsity,
-        "init": spec.init if spec.method.value == "tamt" else None,
-        "objective": spec.objective if spec.method.value == "tamt" else ("mlm" if spec.method.value == "imp" else None),
-        "steps": spec.steps if spec.method.value == "tamt" else (
-            round(spec.sparsity * 10) * spec.imp_interval if spec.method.value == "imp" else 0),
-        "ticket_seed": spec.seed, "ticket_id": spec.ticket_id,
+        **spec.columns(), "ticket_seed": getattr(spec, "seed", 0), "ticket_id": spec.ticket_id,
         "ticket_path": str(ticket_path) if ticket_path else None,
         "mlm_loss": metrics.get("mlm_loss"), "kd_loss": metrics.get("kd_loss"),
     }
-
-
-def split_transfer(config: dict[str, Any]):
-    """``transfer`` section -> (FinetuneConfig, TrainConfig)."""
-    from sparsebert.finetune import FinetuneConfig
-    from sparsebert.training import TrainConfig
-
-    t = dict(config.get("transfer") or {})
-    train_kw = {k: t.pop(k) for k in list(t) if k in TRAIN_KEYS}
-    known = {f.name for f in dataclasses.fields(FinetuneConfig)}
-    unknown = set(t) - known
-    if unknown:
-        raise ValueError(f"unknown transfer keys {sorted(unknown)}")
-    return FinetuneConfig(**t), TrainConfig(**train_kw)
 
 
 class InjectedFailure(RuntimeError):

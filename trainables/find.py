@@ -8,6 +8,7 @@ from typing import Any
 from ray import tune
 
 from sparsebert.pipeline import SharedText, TicketStore
+from sparsebert.training import CHECKPOINT_FILE
 
 from .common import (eval_spec, finder_spec, log_fn, reporter, resume_dir, setup_worker, ticket_columns,
                      trial_runtime)
@@ -29,10 +30,10 @@ def find_trainable(config: dict[str, Any], shared: SharedText | None = None) -> 
         to_tune({**metrics, "startup_s": first["startup_s"]}, write)
 
     with resume_dir() as ckpt:
-        if ckpt is not None and (ckpt / "trainer.pt").is_file():  # restore Tune's checkpoint into the store
+        if ckpt is not None and (ckpt / CHECKPOINT_FILE).is_file():  # restore Tune's checkpoint into the store
             partial = store.root / "partial" / spec.ticket_id
             partial.mkdir(parents=True, exist_ok=True)
-            (partial / "trainer.pt").write_bytes((ckpt / "trainer.pt").read_bytes())
+            (partial / CHECKPOINT_FILE).write_bytes((ckpt / CHECKPOINT_FILE).read_bytes())
     # content-addressed: a ticket already in the store is reused, never trained twice
     ticket, made = store.get_or_make(spec, eval_spec(config), shared, report=report, log=log, runtime=rt)
     tune.report({**base, **ticket_columns(spec, store.path(spec), ticket.meta.metrics, rt), "cached": int(not made),

@@ -5,13 +5,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sparsebert.finetune import FineTune
+from sparsebert.finetune import FineTune, split_transfer
 from sparsebert.models import load_tokenizer
 from sparsebert.pipeline import SharedText, TicketStore
 from sparsebert.ticket import Method
 
-from .common import (eval_spec, fault_injector, finder_spec, log_fn, reporter, resume_dir, setup_worker, split_transfer,
-                     ticket_columns, trial_runtime)
+from .common import (eval_spec, fault_injector, finder_spec, log_fn, reporter, resume_dir, setup_worker, ticket_columns,
+                     trial_runtime)
 
 
 def transfer_trainable(config: dict[str, Any], shared: SharedText | None = None) -> None:

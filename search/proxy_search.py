@@ -33,59 +33,18 @@ from typing import Any
 
 import pandas as pd
 
-from search_spaces.loader import SpaceError, Space, _is_dim
-from sparsebert.proxy import PROXY_METRICS, ProxyRule, select
+from search_spaces.space import Space, SpaceError
+from search_spaces.proxy_rules import check_space
+from sparsebert.proxy import ProxyRule, select
 
-# result columns a rule may group by (stage 1 rows carry these: run_search.results_frame)
-BY_COLUMNS = ("sparsity", "method", "model", "init", "objective", "steps", "ticket_seed", "label")
+from . import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INFRA, EXIT_INTERRUPTED
+from .results import results_frame, summarize
+from .tuner import build_tuner, init_ray, is_uri, shared_inputs
+
 SELECTION_FILE = "proxy_selection.csv"
 SELECTION_COLUMNS = ["ticket_id", "label", "method", "init", "objective", "steps", "sparsity", "ticket_seed",
                      "status", "mlm_loss", "kd_loss", "proxy_metric", "proxy_value", "proxy_rank", "selected", "budget",
                      "best_score", "ticket_config"]
-
-
-def validate_proxy(path: Path, raw_proxy: Any) -> ProxyRule:
-    """The ``proxy:`` section as a :class:`ProxyRule`; raises SpaceError ``file: proxy.key: message``."""
-    name = Path(path).name
-    if not isinstance(raw_proxy, dict):
-        raise SpaceError(f"{name}: proxy: must be a mapping of {[f.name for f in dataclasses.fields(ProxyRule)]}, "
-                         f"got {raw_proxy!r}")
-    try:
-        rule = ProxyRule.from_dict(raw_proxy)
-    except KeyError as e:
-        raise SpaceError(f"{name}: proxy.{e.args[0]}: unknown key; valid: "
-                         f"{sorted(f.name for f in dataclasses.fields(ProxyRule))}") from None
-    except (ValueError, TypeError) as e:
-        raise SpaceError(f"{name}: proxy.{e}") from None  # ProxyRule's messages are "key: message"
-    if rule.metric not in PROXY_METRICS:
-        raise SpaceError(f"{name}: proxy.metric: must be one of {PROXY_METRICS} (what stage 1 measures), "
-                         f"got {rule.metric!r}")
-    for col in ([rule.by] if isinstance(rule.by, str) else rule.by or []):
-        if col not in BY_COLUMNS:
-            raise SpaceError(f"{name}: proxy.by: {col!r} is not a ticket column; valid: {list(BY_COLUMNS)}")
-    return rule
-
-
-def check_space(space: Space) -> ProxyRule:
-    """validate_proxy plus what the rule needs from the rest of the space. Raises SpaceError."""
-    rule = validate_proxy(space.path, space.raw.get("proxy"))
-    name = space.path.name
-    if space.stage != "transfer":
-        raise SpaceError(f"{name}: proxy: needs stage transfer and a transfer section (stage 2 fine-tunes the "
-                         f"selected tickets), got stage {space.stage}")
-    if space.tune["searcher"]["type"] == "optuna":
-        raise SpaceError(f"{name}: proxy: stage 2 is a grid over the selected tickets: use searcher grid or random")
-    if space.tune["metric"] not in ("score", "best_score"):
-        raise SpaceError(f"{name}: proxy: tune.metric must be score or best_score (stage 2's downstream metric), "
-                         f"got {space.tune['metric']!r}")
-    max_steps = space.transfer.get("max_steps")
-    if rule.rule == "halving":
-        if _is_dim(max_steps):
-            raise SpaceError(f"{name}: proxy.rule: halving sets transfer.max_steps per ticket; transfer.max_steps "
-                             "must not be a search dimension")
-        if rule.budget is None and not (isinstance(max_steps, int) and max_steps > 0):
-            raise SpaceError(f"{name}: proxy.budget: rule halving needs proxy.budget or transfer.max_steps > 0")
-    return rule
 
 
 class _BudgetOf:
@@ -95,9 +54,9 @@ class _BudgetOf:
         self.budgets = budgets
 
     def __call__(self, spec) -> int:
-        from sparsebert.pipeline import FinderSpec
+        from sparsebert.finders import finder_spec
 
-        return int(self.budgets[FinderSpec.from_dict(dict(spec.config["ticket"])).ticket_id])
+        return int(self.budgets[finder_spec(dict(spec.config["ticket"])).ticket_id])
 
 
 def _ticket_dicts(grid) -> list[dict[str, Any]]:
@@ -110,7 +69,7 @@ def _ticket_dicts(grid) -> list[dict[str, Any]]:
 
 
 def _stage1_space(space: Space, rule: ProxyRule) -> Space:
-    from search_spaces.loader import ticket_points
+    from search_spaces.space import ticket_points
 
     tune_cfg = {**space.tune, "metric": rule.metric, "mode": rule.mode, "scheduler": {"type": "fifo"}}
     s1 = dataclasses.replace(space, stage="evaluate", transfer={}, tune=tune_cfg)
@@ -132,9 +91,7 @@ def _stage2_space(space: Space, rule: ProxyRule, selected: pd.DataFrame) -> Spac
 
 
 def _fit_stage(s, exp_dir: Path, stage_storage: str, stage_name: str, store_root: Path, shared, args):
-    from run_search import _tuner
-
-    grid = _tuner(s, exp_dir, stage_storage, stage_name, store_root, shared,
+    grid = build_tuner(s, exp_dir, stage_storage, stage_name, store_root, shared,
                   getattr(args, "max_concurrent", None)).fit()
     if grid.num_terminated + grid.num_errors < len(grid):
         # Tune catches Ctrl-C itself and returns the unfinished trials: a stage cut short must not go on
@@ -177,18 +134,15 @@ def _trial_seconds(df: pd.DataFrame) -> float:
 
 def run_proxy_search(space: Space, args, exp_dir: Path, storage: str, name: str, store_root: Path) -> int:
     """Run the two-stage proxy-guided search of ``space`` (see the module docstring). ``args`` needs
-    ``address``, ``cpus`` and ``max_concurrent`` (run_search's ``run`` arguments; missing ones default to None).
-    Returns run_search's exit code."""
-    from run_search import (EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INFRA, EXIT_INTERRUPTED, _init_ray, _is_uri,
-                            _shared_inputs, results_frame, summarize)
-
+    ``address``, ``cpus`` and ``max_concurrent`` (``run_search.py run``'s arguments; missing ones default to None).
+    Returns the exit code."""
     try:
         rule = check_space(space)
     except SpaceError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     exp_dir = Path(exp_dir)
-    stage_storage = f"{storage.rstrip('/')}/{name}" if _is_uri(storage) else str(exp_dir)
+    stage_storage = f"{storage.rstrip('/')}/{name}" if is_uri(storage) else str(exp_dir)
     n1, n2 = f"{name}-stage1", f"{name}-stage2"
     max_steps = space.transfer.get("max_steps")
     max_steps = max_steps if isinstance(max_steps, int) and max_steps > 0 else None
@@ -197,8 +151,8 @@ def run_proxy_search(space: Space, args, exp_dir: Path, storage: str, name: str,
     t0 = time.time()
     walls: dict[str, float] = {}
     try:
-        _init_ray(getattr(args, "address", None), getattr(args, "cpus", None), getattr(args, "gpus", None))
-        shared = _shared_inputs(space)
+        init_ray(getattr(args, "address", None), getattr(args, "cpus", None), getattr(args, "gpus", None))
+        shared = shared_inputs(space)
         print(f"proxy search: stage 1 ({n1}) scores every candidate ticket by {rule.metric}; rule {rule.rule}")
         t1 = time.time()
         grid1 = _fit_stage(_stage1_space(space, rule), exp_dir, stage_storage, n1, store_root, shared, args)

@@ -1,0 +1,106 @@
+"""The commands of ``run_search.py``: run a space, resume an experiment, report on one, list the spaces."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from . import EXIT_BAD_INPUT, EXIT_OK
+from .tuner import fit, is_uri
+
+SPACE_COPY = "space.json"
+
+
+def cmd_run(args) -> int:
+    from search_spaces.loader import check_machine, load_space
+    from search_spaces.space import SpaceError, as_dict, grid_size
+
+    try:
+        space = load_space(args.space, smoke=args.smoke)
+    except SpaceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    name = args.name or (space.name + ("-smoke" if args.smoke else ""))
+    if is_uri(args.storage) and not args.tickets:
+        print("error: --storage is a URI: pass --tickets DIR on storage every node can reach", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    storage = args.storage if is_uri(args.storage) else str(Path(args.storage).expanduser().resolve())
+    store_root = Path(args.tickets or storage).expanduser().resolve()
+    exp_dir = store_root / name if is_uri(args.storage) else Path(storage) / name
+    n = grid_size(space)
+    print(f"space {space.path.name}: stage {space.stage}, {n} trial(s){' (smoke)' if args.smoke else ''}, "
+          f"metric {space.metric} ({space.mode}), scheduler {space.tune['scheduler']['type']}, "
+          f"searcher {space.tune['searcher']['type']}")
+    try:
+        for note in check_machine(space, getattr(args, "gpus", None), local=not args.address):
+            print(f"note: {note}")
+    except SpaceError as e:
+        if not args.dry_run:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        print(f"note (a real run stops here): {e}")
+    print(f"runtime: device {space.runtime['device']}, precision {space.runtime['precision']}, "
+          f"per trial {space.resources}")
+    if args.dry_run:
+        return EXIT_OK
+    if exp_dir.exists() and any(exp_dir.iterdir()):
+        if not args.overwrite:
+            print(f"error: {exp_dir} exists: `run_search.py resume {exp_dir}` or pass --overwrite", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        shutil.rmtree(exp_dir)
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    (exp_dir / SPACE_COPY).write_text(json.dumps(
+        {"space": as_dict(space), "storage": storage, "store_root": str(store_root), "name": name}, default=str,
+        indent=2))
+    if space.raw.get("proxy") is not None:  # two-stage, proxy-guided search (search_spaces/proxy_runner.py)
+        from .proxy_search import run_proxy_search
+
+        return run_proxy_search(space, args, exp_dir, storage, name, store_root)
+    return fit(space, exp_dir, storage, name, store_root, args, restore=False)
+
+
+def cmd_resume(args) -> int:
+    from search_spaces.loader import SpaceError, check_machine, validate
+
+    exp_dir = Path(args.experiment).expanduser().resolve()
+    meta_file = exp_dir / SPACE_COPY
+    if not meta_file.is_file():
+        print(f"error: {exp_dir} is not an experiment directory (no {SPACE_COPY})", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    meta = json.loads(meta_file.read_text())
+    try:
+        space = validate(Path(meta["space"]["path"]), meta["space"]["raw"])
+        for note in check_machine(space, args.gpus, local=not args.address):
+            print(f"note: {note}")
+    except SpaceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if space.raw.get("proxy") is not None:
+        print(f"error: a proxy-guided experiment resumes by running it again: `run_search.py run {space.path} "
+              f"--overwrite` (every ticket already made is taken from the store)", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return fit(space, exp_dir, meta["storage"], meta["name"], Path(meta["store_root"]), args, restore=True)
+
+
+def cmd_report(args) -> int:
+    exp_dir = Path(args.experiment)
+    if not (exp_dir / "results.parquet").is_file() and not (exp_dir / "results.csv").is_file():
+        print(f"error: no results in {exp_dir}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    from analysis.report import write_report
+
+    print(write_report(exp_dir))
+    return EXIT_OK
+
+
+def cmd_list(args) -> int:
+    import yaml
+
+    from search_spaces.loader import list_spaces
+
+    for p in list_spaces():
+        desc = (yaml.safe_load(p.read_text()) or {}).get("description", "").strip().splitlines()
+        print(f"{p.stem:<22} {desc[0] if desc else ''}")
+    return EXIT_OK

@@ -1,0 +1,80 @@
+"""A validated space's sections as Ray Tune / Optuna primitives: param space, scheduler, searcher."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from search_spaces.space import Space, _is_dim, ticket_points
+
+
+def _to_tune(v: Any, optuna: bool):
+    from ray import tune
+
+    if isinstance(v, dict) and not _is_dim(v):
+        return {k: _to_tune(x, optuna) for k, x in v.items()}
+    if not _is_dim(v):
+        return v
+    (kind, arg), = v.items()
+    if kind == "grid":
+        return tune.choice(arg) if optuna else tune.grid_search(arg)
+    if kind == "choice":
+        return tune.choice(arg)
+    if kind == "uniform":
+        return tune.uniform(*arg)
+    if kind == "loguniform":
+        return tune.loguniform(*arg)
+    return tune.randint(*arg)
+
+
+def param_space(space: Space, store_root: Path) -> dict[str, Any]:
+    from ray import tune
+
+    optuna = space.tune["searcher"]["type"] == "optuna"
+    ps: dict[str, Any] = {
+        "stage": space.stage, "store": str(store_root), "eval": space.eval, "checkpoint_every": space.checkpoint_every,
+        "runtime": dict(space.runtime),
+    }
+    points = ticket_points(space)
+    if points is not None:
+        ps["ticket"] = tune.grid_search(points)
+    else:
+        ps["ticket"] = _to_tune(space.ticket, optuna)
+        if space.variants:
+            ps["variant"] = tune.grid_search(space.variants)
+    if space.stage == "transfer":
+        ps["transfer"] = _to_tune(space.transfer, optuna)
+    if space.raw.get("debug"):
+        ps["debug"] = space.raw["debug"]
+    return ps
+
+
+def scheduler(space: Space):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
+
+    s = dict(space.tune["scheduler"])
+    kind = s.pop("type")
+    if kind == "fifo":
+        return FIFOScheduler()
+    if kind == "asha":
+        return ASHAScheduler(time_attr="training_iteration", max_t=s.get("max_t", 100),
+                             grace_period=s.get("grace_period", 1), reduction_factor=s.get("reduction_factor", 2))
+    muts: dict[str, Any] = {}
+    for k, v in s["hyperparam_mutations"].items():
+        sec, _, name = k.partition(".")
+        muts.setdefault(sec, {})[name] = _to_tune(v, False) if _is_dim(v) else v
+    return PopulationBasedTraining(time_attr="training_iteration",
+                                   perturbation_interval=s.get("perturbation_interval", 2),
+                                   hyperparam_mutations=muts)
+
+
+def searcher(space: Space):
+    kind = space.tune["searcher"]["type"]
+    if kind != "optuna":
+        return None
+    from ray.tune.search.optuna import OptunaSearch
+
+    seed = space.tune["searcher"].get("seed", 0)
+    import optuna
+
+    return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=seed))

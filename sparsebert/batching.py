@@ -1,0 +1,131 @@
+"""Batches of pre-training blocks and their MLM masking, on the CPU (the training loop moves them to the device).
+
+The batch at a step is a pure function of (seed, step) (:func:`epoch_permutation`, :func:`step_generator`), so a
+resumed run sees exactly the batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Sequence
+
+import torch
+
+from .objectives import mlm_targets
+
+
+def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad variable-length id lists: ``{"input_ids": Long[B, L], "attention_mask": Long[B, L]}``."""
+    if len(sequences) == 0:
+        raise ValueError("pad_batch needs at least one sequence")
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), int(pad_id), dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, s in enumerate(sequences):
+        ids[i, :len(s)] = torch.as_tensor(list(s), dtype=torch.long)
+        mask[i, :len(s)] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+# ------------------------------------------------------------------------------------------------------ batching
+
+def steps_per_epoch(num_items: int, batch_size: int) -> int:
+    """Full batches per epoch (the last partial batch of each epoch is dropped)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if num_items < batch_size:
+        raise ValueError(f"{num_items} items cannot fill one batch of {batch_size}")
+    return num_items // batch_size
+
+
+def epoch_permutation(num_items: int, seed: int, epoch: int) -> torch.Tensor:
+    """The order of epoch ``epoch``: a permutation drawn with ``seed + epoch`` (every sampler in the project uses
+    it, so the batch at a step is a pure function of (seed, step): exact resume)."""
+    return torch.randperm(num_items, generator=torch.Generator().manual_seed(int(seed) + int(epoch)))
+
+
+def iterate_batches(blocks, batch_size: int, seed: int, start_step: int = 0) -> Iterator[tuple[int, Any]]:
+    """Infinite ``(step, batch)`` from ``start_step`` on, over shuffled epochs (:func:`epoch_permutation`); the last
+    partial batch of each epoch is dropped.
+
+    ``blocks`` a tensor -> batches are ``blocks[idx]`` (one indexing op); a list (KD paragraphs) -> lists of its
+    items (pad them with :func:`pad_batch`). The batch at step k is the same whether iteration began at 0 or k.
+    """
+    n = len(blocks)
+    spe = steps_per_epoch(n, batch_size)
+    step = int(start_step)
+    perm_epoch, perm = None, None
+    while True:
+        epoch, pos = divmod(step, spe)
+        if epoch != perm_epoch:
+            perm = epoch_permutation(n, seed, epoch)
+            perm_epoch = epoch
+        idx = perm[pos * batch_size:(pos + 1) * batch_size]
+        if isinstance(blocks, torch.Tensor):
+            yield step, blocks[idx]
+        else:
+            yield step, [blocks[i] for i in idx.tolist()]
+        step += 1
+
+
+# ------------------------------------------------------------------------------------------------------- masking
+
+def mlm_collator(tokenizer, mlm_probability: float = 0.15, seed: int | None = None):
+    """transformers' standard ``DataCollatorForLanguageModeling`` (15 %; of those 80 % [MASK], 10 % random,
+    10 % unchanged). ``seed`` gives the collator its own torch.Generator (a constructor argument in transformers 5),
+    so its masking is reproducible without touching the global RNG."""
+    from transformers import DataCollatorForLanguageModeling
+
+    return DataCollatorForLanguageModeling(tokenizer=tokenizer, mlm=True, mlm_probability=mlm_probability,
+                                           seed=seed)
+
+
+def special_tokens_mask(input_ids: torch.Tensor, tokenizer) -> torch.Tensor:
+    """Bool mask of special tokens (incl. padding) in ``input_ids``."""
+    special = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=input_ids.dtype, device=input_ids.device)
+    return torch.isin(input_ids, special)
+
+
+def mask_tokens(input_ids: torch.Tensor, tokenizer, generator: torch.Generator | None = None,
+                seed: int | None = None, mlm_probability: float = 0.15) -> tuple[torch.Tensor, torch.Tensor]:
+    """MLM-mask a batch: ``(masked input_ids, labels)`` with labels -100 where not masked.
+
+    The same rule and code as :func:`mlm_collator` (it runs the collator's ``torch_mask_tokens`` with the given
+    generator), deterministic given ``generator`` (advanced in place) or ``seed`` (a fresh generator); neither:
+    torch's global RNG. Special tokens and padding are never masked. ``input_ids`` is not modified.
+    """
+    if generator is not None and seed is not None:
+        raise ValueError("pass generator or seed, not both")
+    if seed is not None:
+        generator = torch.Generator().manual_seed(int(seed))
+    device = input_ids.device
+    ids = input_ids.detach().to("cpu", dtype=torch.long).clone()
+    collator = mlm_collator(tokenizer, mlm_probability)
+    collator.generator = generator  # torch_mask_tokens draws every random number from self.generator
+    masked, labels = collator.torch_mask_tokens(ids, special_tokens_mask=special_tokens_mask(ids, tokenizer))
+    return masked.to(device), labels.to(device)
+
+
+def mlm_batch(ids: torch.Tensor, tokenizer, generator: torch.Generator, mlm_probability: float = 0.15
+              ) -> dict[str, torch.Tensor]:
+    """A CPU batch for an MLM step: masked ``input_ids`` plus the flat ``positions`` and ``targets`` of the
+    masked tokens (the standard 15 % / 80-10-10 rule, drawn from ``generator``)."""
+    masked, labels = mask_tokens(ids, tokenizer, generator=generator, mlm_probability=mlm_probability)
+    positions, targets = mlm_targets(labels)
+    return {"input_ids": masked, "positions": positions, "targets": targets}
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """A generator determined by (seed, step): per-step randomness (MLM masking) that resumes exactly."""
+    return torch.Generator().manual_seed((int(seed) * 1_000_003 + int(step)) % (2**63 - 1))
+
+
+def pretraining_batches(blocks: torch.Tensor, batch_size: int, seed: int, start_step: int = 0, tokenizer=None,
+                        mlm_probability: float = 0.15) -> Iterator[dict[str, torch.Tensor]]:
+    """The CPU batches of TAMT, IMP and MLM-head fitting: block slices (:func:`iterate_batches`), MLM-masked with
+    the step's own generator when a ``tokenizer`` is given (``{"input_ids"}`` alone otherwise)."""
+    for step, ids in iterate_batches(blocks, batch_size, seed, start_step):
+        if tokenizer is None:
+            yield {"input_ids": ids}
+        else:
+            yield mlm_batch(ids, tokenizer, step_generator(seed, step), mlm_probability)
+
