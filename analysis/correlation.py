@@ -139,10 +139,15 @@ def correlate(
     return pd.DataFrame(rows, columns=RESULT_COLUMNS)
 
 
+#: the losses :func:`loss_score_correlations` always correlates, and those it adds when their column exists
+LOSSES = ("mlm_loss", "kd_loss")
+OPTIONAL_LOSSES = ("kd_loss_mse",)
+
+
 def loss_score_correlations(
     tidy: pd.DataFrame,
     avg: pd.DataFrame | None = None,
-    losses: tuple[str, ...] = ("mlm_loss", "kd_loss"),
+    losses: tuple[str, ...] | None = None,
     score: str = "best_score",
     avg_score: str = "avg_score",
     by: str = "sparsity",
@@ -153,7 +158,14 @@ def loss_score_correlations(
     """The paper's analysis: each loss vs downstream score, overall and per sparsity, per task and for the average.
 
     Per task, seeds are first averaged per (ticket, task) so a ticket counts once. Returns the rows of
-    :func:`correlate` with a leading ``task`` column ("average" for the over-task average)."""
+    :func:`correlate` with a leading ``task`` column ("average" for the over-task average).
+
+    ``losses`` None: :data:`LOSSES` (mlm_loss, kd_loss: always, a missing column gives a "missing" row) plus each
+    of :data:`OPTIONAL_LOSSES` (kd_loss_mse, the reference's full_mse KD loss) that ``tidy`` or ``avg`` holds values
+    of (a column of NaN only -- results from before it was measured -- is left out)."""
+    if losses is None:
+        have = {c for df in (tidy, avg) if df is not None for c in df.columns if df[c].notna().any()}
+        losses = (*LOSSES, *(c for c in OPTIONAL_LOSSES if c in have))
     parts = []
     if tidy is not None and len(tidy) and "task" in tidy.columns and score in tidy.columns:
         key = "ticket_id" if "ticket_id" in tidy.columns else None

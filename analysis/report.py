@@ -331,7 +331,8 @@ def write_report(
     if len(avg):
         doc.p(f"Mean best_score over {avg['n_tasks'].iloc[0]} task(s) ({avg['tasks'].iloc[0]}), each first "
               "averaged over fine-tuning seeds; only tickets with every task. File: `average.csv`.")  # fmt: skip
-        cols = [c for c in ("label", "sparsity", "steps", "mlm_loss", "kd_loss", "omp_similarity", "avg_score",
+        cols = [c for c in ("label", "sparsity", "steps", "mlm_loss", "kd_loss", "kd_loss_mse", "omp_similarity",
+                            "avg_score",
                             "score_std_seeds", "n_tasks", "n_seeds", "ticket_id") if c in avg.columns]  # fmt: skip
         doc.table(avg[cols])
         summ = F.sparsity_summary(avg, "avg_score")
@@ -348,6 +349,7 @@ def write_report(
         doc.p(f"{len(td)} rows (ticket × task × seed) of finished transfer trials; first {min(tidy_rows, len(td))}"
               " shown. File: `tidy.csv`.")  # fmt: skip
         cols = [c for c in ("label", "sparsity", "steps", "task", "seed", "best_score", "mlm_loss", "kd_loss",
+                            "kd_loss_mse",
                             "omp_similarity", "loss_source", "n_trials", "ticket_id") if c in td.columns]  # fmt: skip
         doc.table(td[cols], max_rows=tidy_rows)
     else:

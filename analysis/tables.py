@@ -37,7 +37,7 @@ FINISHED = ("TERMINATED", "EARLY_STOPPED")
 ACTIVE = ("RUNNING", "PENDING", "PAUSED")
 
 TICKET_FIELDS = ("model", "method", "init", "objective", "sparsity", "steps")
-LOSSES = ("mlm_loss", "kd_loss")
+LOSSES = ("mlm_loss", "kd_loss", "kd_loss_mse")
 
 #: name -> description of every column of the tidy and average tables (``metric/<name>``: one per metric).
 COLUMNS: dict[str, str] = {
@@ -57,6 +57,8 @@ COLUMNS: dict[str, str] = {
     # pre-training quality
     "mlm_loss": "MLM loss of the ticket on held-out WikiText (lower is better)",
     "kd_loss": "KD loss (mean 1 - cos of layer outputs vs the dense teacher) on held-out data",
+    "kd_loss_mse": "the reference's KD loss (full_mse): MSE of the layer outputs vs the dense teacher, mean over "
+                   "layers (empty for tickets evaluated before it was measured)",
     "loss_source": "where the losses came from: evaluate (an 'evaluate' trial), transfer (the transfer row "
                    "itself), find (the 'find' trial), ticket.json (the ticket's metadata), or none",
     "omp_similarity": "mean over matrices of the Jaccard similarity of the ticket's mask to the OMP mask of the "

@@ -15,7 +15,7 @@ SPACE_COPY = "space.json"
 
 def cmd_run(args) -> int:
     from search_spaces.loader import check_machine, load_space
-    from search_spaces.space import SpaceError, as_dict, grid_size
+    from search_spaces.space import SpaceError, as_dict, finder_runs, grid_size
 
     try:
         space = load_space(args.space, smoke=args.smoke)
@@ -44,6 +44,8 @@ def cmd_run(args) -> int:
     print(f"runtime: device {space.runtime['device']}, precision {space.runtime['precision']}, "
           f"per trial {space.resources}")
     if args.dry_run:
+        tickets, runs, steps = finder_runs(space)
+        print(f"tickets: {tickets} distinct, made by {runs} finder run(s) of {steps:,} training steps in all")
         return EXIT_OK
     if exp_dir.exists() and any(exp_dir.iterdir()):
         if not args.overwrite:

@@ -15,6 +15,7 @@ A space file (see ``demo.yaml``) has these top-level keys, and each is consumed 
     device            auto | cpu | cuda | cuda:N | mps                          sparsebert/runtime.py (RuntimeConfig)
     precision         auto | fp32 | bf16 | fp16                                sparsebert/runtime.py (RuntimeConfig)
     checkpoint_every  checkpoint every N reports (default 1)                   trainables/common.py (reporter)
+    preset            reference: every knob as the reference's code runs it    search_spaces/presets.py
     proxy             the proxy-guided two-stage search's rule                 sparsebert/proxy.py, search/proxy_search.py
     debug             fault injection for drills and tests                     trainables/common.py (fault_injector)
 
@@ -38,7 +39,7 @@ from .space import (DIMENSIONS, Space, SpaceError, _check_dim, _err, _expand, _i
 
 SPACES_DIR = Path(__file__).resolve().parent
 TOP_KEYS = {"description", "stage", "model", "ticket", "variants", "transfer", "eval", "tune", "resources",
-            "checkpoint_every", "debug", "proxy", "device", "precision"}
+            "checkpoint_every", "debug", "proxy", "device", "precision", "preset"}
 STAGES = ("find", "transfer", "evaluate")
 SCHEDULERS = ("fifo", "asha", "pbt")
 SEARCHERS = ("grid", "random", "optuna")
@@ -79,6 +80,12 @@ def load_space(name_or_path: str | os.PathLike, smoke: bool = False, overrides: 
 
 
 def validate(path: Path, raw: dict[str, Any]) -> Space:
+    from .presets import PRESETS, apply_preset
+
+    try:
+        raw = apply_preset(raw)
+    except KeyError:
+        raise _err(path, "preset", f"unknown preset {raw.get('preset')!r}; valid: {sorted(PRESETS)}") from None
     from sparsebert.finders import finder_spec
     from sparsebert.pipeline import EvalSpec
 

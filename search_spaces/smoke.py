@@ -54,6 +54,8 @@ def shrink(raw: dict[str, Any]) -> dict[str, Any]:
         if k in ticket or k in ("steps", "batch_size", "imp_interval"):
             ticket[k] = v
     ticket["text"] = {"source": "embedded", "block_size": 32, "max_blocks": 128}
+    if ticket.get("save_at"):  # snapshots of one short run (steps is 4 in a smoke run)
+        ticket["save_at"] = [2, 4]
     raw["ticket"] = ticket
     if raw.get("variants"):  # smoke budgets win over the variants' own (e.g. IMP's 2792-step interval)
         raw["variants"] = [{k: (SMOKE_TICKET[k] if k in SMOKE_TICKET else v) for k, v in var.items() if k != "model"}

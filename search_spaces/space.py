@@ -108,3 +108,16 @@ def grid_size(space: Space) -> int:
 
 def as_dict(space: Space) -> dict[str, Any]:
     return {k: v for k, v in dataclasses.asdict(space).items() if k not in ("path",)} | {"path": str(space.path)}
+
+
+def finder_runs(space: Space) -> tuple[int, int, int]:
+    """(distinct tickets, distinct finder runs, their training steps): snapshots of one run (TAMT ``save_at``)
+    count once. For the dry-run summary."""
+    from sparsebert.finders import finder_spec
+
+    points = ticket_points(space)
+    if points is None:  # sampled dimensions: count the grid's corners, as validation does
+        points = [p for v in space.variants or [{}] for p in _expand({**space.ticket, **v})]
+    specs = [finder_spec(p) for p in points]
+    runs = {s.run_spec().ticket_id: s.run_steps() for s in specs}
+    return len({s.ticket_id for s in specs}), len(runs), sum(runs.values())

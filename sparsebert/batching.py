@@ -6,10 +6,12 @@ resumed run sees exactly the batches an uninterrupted one would.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Iterator, Sequence
 
 import torch
 
+from .data import PaddedSequences
 from .objectives import mlm_targets
 
 
@@ -47,9 +49,13 @@ def iterate_batches(blocks, batch_size: int, seed: int, start_step: int = 0) -> 
     """Infinite ``(step, batch)`` from ``start_step`` on, over shuffled epochs (:func:`epoch_permutation`); the last
     partial batch of each epoch is dropped.
 
-    ``blocks`` a tensor -> batches are ``blocks[idx]`` (one indexing op); a list (KD paragraphs) -> lists of its
-    items (pad them with :func:`pad_batch`). The batch at step k is the same whether iteration began at 0 or k.
+    ``blocks`` a tensor -> batches are ``blocks[idx]`` (one indexing op); a :class:`~sparsebert.data.PaddedSequences`
+    or a dict of [N, L] tensors (padded KD paragraphs) -> a dict of int64 tensors, each indexed once
+    (``{"input_ids", "attention_mask"[, "token_type_ids"]}``); a list (variable-length KD paragraphs) -> lists of
+    its items (pad them with :func:`pad_batch`). The batch at step k is the same whether iteration began at 0 or k.
     """
+    if isinstance(blocks, Mapping):
+        blocks = PaddedSequences(dict(blocks))
     n = len(blocks)
     spe = steps_per_epoch(n, batch_size)
     step = int(start_step)
@@ -62,6 +68,8 @@ def iterate_batches(blocks, batch_size: int, seed: int, start_step: int = 0) -> 
         idx = perm[pos * batch_size:(pos + 1) * batch_size]
         if isinstance(blocks, torch.Tensor):
             yield step, blocks[idx]
+        elif isinstance(blocks, PaddedSequences):
+            yield step, blocks.rows(idx)
         else:
             yield step, [blocks[i] for i in idx.tolist()]
         step += 1
@@ -119,13 +127,21 @@ def step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed((int(seed) * 1_000_003 + int(step)) % (2**63 - 1))
 
 
-def pretraining_batches(blocks: torch.Tensor, batch_size: int, seed: int, start_step: int = 0, tokenizer=None,
+def pretraining_batches(blocks, batch_size: int, seed: int, start_step: int = 0, tokenizer=None,
                         mlm_probability: float = 0.15) -> Iterator[dict[str, torch.Tensor]]:
     """The CPU batches of TAMT, IMP and MLM-head fitting: block slices (:func:`iterate_batches`), MLM-masked with
-    the step's own generator when a ``tokenizer`` is given (``{"input_ids"}`` alone otherwise)."""
+    the step's own generator when a ``tokenizer`` is given (``{"input_ids"}`` alone otherwise).
+
+    Padded KD paragraphs (a :class:`~sparsebert.data.PaddedSequences` or dict of tensors) give batches with the same
+    keys plus the data's own: ``attention_mask`` (Long [B, L], 1 = real token) and, for the reference's A/B pairs,
+    ``token_type_ids`` (Long [B, L]); MLM masking never touches padding."""
     for step, ids in iterate_batches(blocks, batch_size, seed, start_step):
+        extra = {}
+        if isinstance(ids, dict):
+            extra = {k: v for k, v in ids.items() if k != "input_ids"}
+            ids = ids["input_ids"]
         if tokenizer is None:
-            yield {"input_ids": ids}
+            yield {"input_ids": ids, **extra}
         else:
-            yield mlm_batch(ids, tokenizer, step_generator(seed, step), mlm_probability)
+            yield {**mlm_batch(ids, tokenizer, step_generator(seed, step), mlm_probability), **extra}
 

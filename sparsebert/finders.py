@@ -1,9 +1,10 @@
 """How a ticket is found: one small spec per method, in a registry ``{Method: spec class}``. No Ray here.
 
 A spec holds exactly the fields its method uses; its canonical form (those fields, enums as their values) is hashed
-into the ticket id, so the same spec is never trained twice. ``spec.find(ctx)`` yields ``(spec, Ticket)`` pairs:
-the ticket the spec names, last, and any sibling tickets found on the way (IMP passes every lower sparsity; each
-is a ticket of its own spec). :func:`finder_spec` builds the spec for a search space's ticket dict, whose shared
+into the ticket id, so the same spec is never trained twice. Knobs added after tickets were stored (the reference's
+variants) enter the id only when they differ from their default, so older ids stay valid. ``spec.find(ctx)``
+returns the ticket the spec names and hands every sibling ticket found on the way to ``ctx.emit`` at once (IMP
+passes every lower sparsity; a TAMT run snapshots every ``save_at`` step), each a ticket of its own spec. :func:`finder_spec` builds the spec for a search space's ticket dict, whose shared
 ``ticket`` section may hold keys for the other methods of its variants (ignored, but still checked).
 """
 
@@ -13,7 +14,7 @@ import dataclasses
 import enum
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterator
+from typing import Any, Callable, ClassVar
 
 from .data import TextDataConfig
 from .masking import Binarizer
@@ -39,6 +40,7 @@ class FindContext:
     report: Callable | None = None
     log: Callable[[str], None] = print
     runtime: Runtime = CPU
+    emit: Callable[["FinderSpec", Ticket], None] = lambda spec, ticket: None  # store a sibling ticket now
 
 
 def _plain(v: Any) -> Any:
@@ -55,6 +57,8 @@ class FinderSpec:
 
     method: ClassVar[Method]
     needs_mlm_head: ClassVar[bool] = False
+    #: fields that enter the id only when they differ from their default (added after tickets were stored)
+    late_fields: ClassVar[tuple[str, ...]] = ()
     model: str = field(default="embedded-minilm", metadata={"help": "hub name, local dir or 'embedded-minilm'"})
     sparsity: float = field(default=0.5, metadata={"help": "fraction of prunable weights removed, in [0, 1)"})
 
@@ -62,8 +66,20 @@ class FinderSpec:
         check_sparsity(self.sparsity)
 
     def _in_id(self, name: str) -> bool:
-        """Whether a field enters the ticket id (all do, unless a method says otherwise)."""
+        """Whether a field enters the ticket id: all do, late fields only when not at their default."""
+        if name in self.late_fields:
+            f = next(f for f in dataclasses.fields(self) if f.name == name)
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            return _plain(getattr(self, name)) != _plain(default)
         return True
+
+    def run_spec(self) -> "FinderSpec":
+        """The spec whose run makes this ticket (itself, unless the ticket is a snapshot of a longer run)."""
+        return self
+
+    def run_steps(self) -> int:
+        """Training steps of the run that makes this ticket (0: no training)."""
+        return 0
 
     def canonical(self) -> dict[str, Any]:
         d = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self) if self._in_id(f.name)}
@@ -83,7 +99,7 @@ class FinderSpec:
     def text_config(self) -> TextDataConfig | None:
         return None
 
-    def find(self, ctx: FindContext) -> Iterator[tuple["FinderSpec", Ticket]]:
+    def find(self, ctx: FindContext) -> Ticket:
         raise NotImplementedError
 
 
@@ -100,7 +116,7 @@ class DenseSpec(FinderSpec):
             raise ValueError("method 'dense' has sparsity 0")
 
     def find(self, ctx):
-        yield self, dense_ticket(ctx.model.base, self.model)
+        return dense_ticket(ctx.model.base, self.model)
 
 
 @dataclass
@@ -115,7 +131,7 @@ class OMPSpec(FinderSpec):
         self.scope = _enum(Scope, self.scope, "scope")
 
     def find(self, ctx):
-        yield self, omp_ticket(ctx.model.base, self.model, self.sparsity, self.scope.value)
+        return omp_ticket(ctx.model.base, self.model, self.sparsity, self.scope.value)
 
 
 @dataclass
@@ -126,7 +142,7 @@ class RandomSpec(OMPSpec):
     seed: int = field(default=0, metadata={"help": "random mask seed"})
 
     def find(self, ctx):
-        yield self, random_ticket(ctx.model.base, self.model, self.sparsity, self.seed, self.scope.value)
+        return random_ticket(ctx.model.base, self.model, self.sparsity, self.seed, self.scope.value)
 
 
 @dataclass
@@ -138,12 +154,20 @@ class TrainedSpec(FinderSpec):
     seed: int = field(default=0, metadata={"help": "data order, masking and dropout seed (TAMT: also random init)"})
     text: dict = field(default_factory=lambda: dict(DEFAULT_TEXT),
                        metadata={"help": "pre-training text: TextDataConfig fields"})
+    optimizer: str = field(default="adamw", metadata={"help": "adamw (ours) | bertadam (the reference's)"})
+    weight_decay: float = field(default=0.0, metadata={"help": "weight decay (the reference's BertAdam: 0.01)"})
+    schedule_steps: int = field(default=0, metadata={"help": (
+        "length of the linear LR decay (0: the end of the run (TAMT) / one interval (IMP); the reference: 2 epochs)")})
+    dense_decoder: bool = field(default=False, metadata={"help": (
+        "MLM decoder = the dense pre-trained embedding (the reference's code) instead of the masked one")})
 
     def __post_init__(self) -> None:
         super().__post_init__()
         unknown = set(self.text) - {f.name for f in dataclasses.fields(TextDataConfig)}
         if unknown:
             raise ValueError(f"unknown text keys {sorted(unknown)}")
+        if self.optimizer not in ("adamw", "bertadam"):
+            raise ValueError(f"optimizer must be 'adamw' or 'bertadam', got {self.optimizer!r}")
 
     def text_config(self) -> TextDataConfig:
         return TextDataConfig(**self.text)
@@ -154,7 +178,8 @@ class TrainedSpec(FinderSpec):
     def _train(self, method, steps: int, ctx: FindContext) -> None:
         """The one loop, checkpointing into ``ctx.partial`` at every report and resuming from it."""
         every = max(1, self.eval_every())
-        cfg = TrainConfig(steps=steps, lr=self.lr, eval_every=every, log_every=max(1, every // 2), seed=self.seed)
+        cfg = TrainConfig(steps=steps, lr=self.lr, eval_every=every, log_every=max(1, every // 2), seed=self.seed,
+                          optimizer=self.optimizer, weight_decay=self.weight_decay)
         if ctx.partial is None:
             train(method, cfg, ctx.report, log=ctx.log)
             return
@@ -173,6 +198,8 @@ class TAMTSpec(TrainedSpec):
     """Task-agnostic mask training: scores over frozen weights, MLM / KD / MLM+KD loss."""
 
     method: ClassVar[Method] = Method.TAMT
+    late_fields: ClassVar[tuple[str, ...]] = ("optimizer", "weight_decay", "dense_decoder", "reset_at_init",
+                                              "count_rule", "teacher_train_mode")
     init: MaskInit = field(default=MaskInit.OMP, metadata={"help": "initial mask: omp | random"})
     objective: Objective = field(default=Objective.KD, metadata={"help": "mlm | kd | mlm_kd"})
     steps: int | str = field(default=100, metadata={
@@ -182,10 +209,22 @@ class TAMTSpec(TrainedSpec):
     mlm_weight: float = field(default=1.0, metadata={"help": "MLM+KD: weight of the MLM loss"})
     kd_weight: float = field(default=1.0, metadata={"help": "MLM+KD: weight of the KD loss"})
     head_lr: float | None = field(default=None, metadata={"help": "TAMT-MLM: lr of the MLM head (None: lr)"})
+    reset_at_init: bool = field(default=True, metadata={"help": (
+        "tau reset to the k-th smallest score at init (ours) | false: tau = 0.01 until the first reset (reference)")})
+    count_rule: str = field(default="round", metadata={"help": "pruned count: round(n*s) (ours) | floor: int(n*s)"})
+    teacher_train_mode: bool = field(default=False, metadata={"help": "KD teacher with dropout on (reference)"})
+    save_at: list = field(default_factory=list, metadata={"help": (
+        "steps at which one run also stores a ticket (each its own content-addressed spec); a ticket whose steps "
+        "are in save_at is a snapshot of the run to max(save_at): the steps study trains once per configuration")})
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.init = _enum(MaskInit, self.init, "init")
+        self.save_at = sorted({int(s) for s in (self.save_at or [])})
+        if any(s < 1 for s in self.save_at):
+            raise ValueError(f"save_at steps must be >= 1, got {self.save_at}")
+        if self.count_rule not in ("round", "floor"):
+            raise ValueError(f"count_rule must be 'round' or 'floor', got {self.count_rule!r}")
         self.objective = _enum(Objective, self.objective, "objective")
         self.binarizer = _enum(Binarizer, self.binarizer, "binarizer")
         if self.steps == "paper":
@@ -199,12 +238,30 @@ class TAMTSpec(TrainedSpec):
     def needs_mlm_head(self) -> bool:  # type: ignore[override]
         return self.objective.uses_mlm
 
+    def run_steps(self) -> int:
+        return max([self.steps, *self.save_at]) if self.steps in self.save_at else self.steps
+
+    def run_spec(self) -> "TAMTSpec":
+        return dataclasses.replace(self, steps=self.run_steps())
+
+    def horizon(self) -> int:
+        """Where the linear LR decay reaches 0: schedule_steps, else the end of the run."""
+        return self.schedule_steps or self.run_steps()
+
+    def canonical(self) -> dict[str, Any]:
+        d = super().canonical()
+        if self.horizon() != self.steps:  # a snapshot of a longer schedule is another ticket than a run ending here
+            d["schedule_steps"] = self.horizon()
+        return d
+
     def _in_id(self, name: str) -> bool:
+        if name in ("save_at", "schedule_steps"):  # save points add outputs; the horizon enters via canonical()
+            return False
         if name in ("mlm_weight", "kd_weight"):
             return self.objective is Objective.MLM_KD
         if name == "head_lr":  # absent unless it matters: ids of tickets made before it existed stay valid
             return self.objective is not Objective.KD and self.head_lr is not None
-        return True
+        return super()._in_id(name)
 
     def columns(self):
         return {"init": self.init.value, "objective": self.objective.value, "steps": self.steps}
@@ -215,16 +272,23 @@ class TAMTSpec(TrainedSpec):
     def find(self, ctx):
         from .tamt import TAMT, TAMTConfig
 
+        steps = self.run_steps()
         cfg = TAMTConfig(
             sparsity=self.sparsity, init=self.init, binarizer=self.binarizer.value, reset_every=self.reset_every,
             batch_size=self.batch_size, init_seed=self.seed, eval_blocks=min(ctx.eval_blocks, 32),
-            head_lr=self.head_lr,
+            head_lr=self.head_lr, reset_at_init=self.reset_at_init, count_rule=self.count_rule,
+            dense_decoder=self.dense_decoder, teacher_train_mode=self.teacher_train_mode,
+            schedule_steps=self.horizon(), save_at=tuple(s for s in self.save_at if s < steps),
             objective=ObjectiveConfig(objective=self.objective, mlm_weight=self.mlm_weight, kd_weight=self.kd_weight),
         )
+
+        def snapshot(step: int, ticket: Ticket) -> None:
+            ctx.emit(dataclasses.replace(self, steps=step), ticket)
+
         method = TAMT(ctx.model, cfg, ctx.tokenizer, ctx.blocks("train"), ctx.blocks("validation"), self.model,
-                      seed=self.seed, runtime=ctx.runtime)
-        self._train(method, self.steps, ctx)
-        yield self, method.ticket(self.steps)
+                      seed=self.seed, runtime=ctx.runtime, on_snapshot=snapshot)
+        self._train(method, steps, ctx)
+        return method.ticket(steps)
 
 
 @dataclass
@@ -233,15 +297,26 @@ class IMPSpec(TrainedSpec):
 
     method: ClassVar[Method] = Method.IMP
     needs_mlm_head: ClassVar[bool] = True
+    late_fields: ClassVar[tuple[str, ...]] = ("optimizer", "weight_decay", "dense_decoder", "schedule_steps",
+                                              "prune_first", "rewind")
     imp_interval: int = field(default=2792, metadata={"help": "MLM steps between 10 % prunings"})
+    prune_first: bool = field(default=False, metadata={"help": (
+        "prune before each interval: 0.7 costs 6 intervals (the reference's code) instead of 7 (ours)")})
+    rewind: str = field(default="pretrained", metadata={"help": (
+        "after each pruning: pretrained (ours, the paper: encoder + head) | encoder | none (the reference's code)")})
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if abs(round(self.sparsity * 10) - self.sparsity * 10) > 1e-6:
             raise ValueError(f"IMP reaches multiples of 0.1 only, got sparsity {self.sparsity}")
+        if self.rewind not in ("pretrained", "encoder", "none"):
+            raise ValueError(f"rewind must be pretrained, encoder or none, got {self.rewind!r}")
 
     def columns(self):
-        return {"init": None, "objective": "mlm", "steps": round(self.sparsity * 10) * self.imp_interval}
+        return {"init": None, "objective": "mlm", "steps": self.run_steps()}
+
+    def run_steps(self) -> int:
+        return (round(self.sparsity * 10) - (1 if self.prune_first else 0)) * self.imp_interval
 
     def eval_every(self) -> int:
         return self.imp_interval
@@ -250,15 +325,16 @@ class IMPSpec(TrainedSpec):
         from .imp import IMP, IMPConfig
 
         cfg = IMPConfig(interval=self.imp_interval, target_sparsity=self.sparsity, batch_size=self.batch_size,
-                        eval_blocks=min(ctx.eval_blocks, 32))
+                        eval_blocks=min(ctx.eval_blocks, 32), prune_first=self.prune_first, rewind=self.rewind,
+                        schedule_steps=self.schedule_steps, dense_decoder=self.dense_decoder)
         method = IMP(ctx.model, cfg, ctx.tokenizer, ctx.blocks("train"), ctx.blocks("validation"), self.model,
                      seed=self.seed, runtime=ctx.runtime)
         self._train(method, cfg.total_steps(), ctx)
         own = round(self.sparsity, 6)
         for s, t in method.tickets.items():  # every sparsity passed on the way is a ticket of its own spec
             if s != own:
-                yield dataclasses.replace(self, sparsity=s), t
-        yield self, method.tickets[own]
+                ctx.emit(dataclasses.replace(self, sparsity=s), t)
+        return method.tickets[own]
 
 
 SPECS: dict[Method, type[FinderSpec]] = {

@@ -33,6 +33,36 @@ from .ticket import Ticket
 from .training import TrainConfig
 
 
+STRIDE_MODES = ("overlap", "step")
+#: select_split -> the MNLI eval split it names
+SELECT_SPLITS = {"matched": "validation_matched", "mismatched": "validation_mismatched"}
+#: tasks the reference evaluates every 500 steps (its run_glue scripts' --logging_steps 500: the big GLUE tasks)
+LARGE_GLUE_TASKS = ("mnli", "qqp", "qnli")
+
+
+def auto_eval_every(task: str) -> int:
+    """The reference's evaluation cadence for ``task`` (``eval_every: auto``): its scripts pass
+    ``--logging_steps 500`` for MNLI (shell_scripts/run_glue/*/mnli.sh; QQP and QNLI are large like MNLI: 500
+    too), 50 for the small GLUE tasks (cola/mrpc/rte/sst-2/sts-b.sh), 1000 for SQuAD (run_squad/*.sh)."""
+    spec = get_task(task)
+    if spec.kind == "span":
+        return 1000
+    return 500 if spec.name in LARGE_GLUE_TASKS else 50
+
+
+def selection_score(task: str | TaskSpec, per_split: dict[str, dict[str, float]], select_split: str = "matched"
+                    ) -> float:
+    """The score that picks the best evaluation: the task's :func:`~sparsebert.tasks.main_score`, except that for
+    MNLI ``select_split`` names the split (matched: ours, mismatched: the reference's code)."""
+    spec = get_task(task)
+    if spec.name == "mnli":
+        split = SELECT_SPLITS[select_split]
+        if split not in per_split:
+            raise KeyError(f"mnli: select_split {select_split!r} needs the {split} split, have {sorted(per_split)}")
+        return main_score(spec, per_split[split])
+    return main_score(spec, per_split)
+
+
 @dataclass
 class FinetuneConfig:
     """Downstream task and data knobs (optimisation knobs live in TrainConfig)."""
@@ -40,7 +70,19 @@ class FinetuneConfig:
     task: str = field(default="polarity", metadata={"help": "mnli qqp qnli sst2 cola stsb mrpc rte squad polarity"})
     data_dir: str | None = field(default=None, metadata={"help": "local GLUE/SQuAD dir (None: hub / embedded)"})
     max_length: int = field(default=128, metadata={"help": "max tokens (SQuAD: 384)"})
-    stride: int = field(default=128, metadata={"help": "SQuAD window stride"})
+    stride: int = field(default=128, metadata={"help": (
+        "SQuAD windows: tokens shared by consecutive windows (stride_mode overlap) or the step between window "
+        "starts (stride_mode step)")})
+    stride_mode: str = field(default="overlap", metadata={"help": (
+        "SQuAD: how `stride` is read. overlap (ours): the HF tokenizer's `stride`, tokens shared by consecutive "
+        "windows. step (reference): the legacy squad_convert_examples_to_features `doc_stride`, the step between "
+        "window starts in context tokens (reference squad_trans.py --doc_stride 128: overlap = max_length - "
+        "question tokens - 3 special tokens - 128, about 190 tokens at max_length 384)")})
+    select_split: str = field(default="matched", metadata={"help": (
+        "MNLI: the dev split whose accuracy is `score` and picks the best evaluation (both splits are reported). "
+        "matched (ours; the usual MNLI-m number). mismatched (reference): glue_trans.py evaluate() runs mnli then "
+        "mnli-mm and results.update() overwrites 'acc' with the mismatched accuracy, which train() then uses "
+        "for best_score. Ignored by other tasks")})
     batch_size: int = field(default=32, metadata={"help": "train batch (reference 32; SQuAD 16)"})
     eval_batch_size: int = field(default=64, metadata={"help": "evaluation batch"})
     epochs: float = field(default=3.0, metadata={"help": "epochs over the train split (reference 3; SQuAD 2)"})
@@ -53,33 +95,57 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         get_task(self.task)  # unknown task -> ValueError listing the valid names
+        if self.stride_mode not in STRIDE_MODES:
+            raise ValueError(f"stride_mode must be one of {STRIDE_MODES}, got {self.stride_mode!r}")
+        if self.select_split not in SELECT_SPLITS:
+            raise ValueError(f"select_split must be one of {tuple(SELECT_SPLITS)}, got {self.select_split!r}")
         if not isinstance(self.length_buckets, int) or self.length_buckets < 1:
             raise ValueError(f"length_buckets must be an integer >= 1, got {self.length_buckets!r}")
 
 
 #: keys of a space's ``transfer`` section that are TrainConfig fields (the rest are FinetuneConfig's)
-TRAIN_KEYS = {"lr", "weight_decay", "grad_clip", "warmup_steps", "schedule", "eval_every", "seed"}
+TRAIN_KEYS = {"lr", "weight_decay", "grad_clip", "warmup_steps", "schedule", "eval_every", "eval_at_end", "seed"}
+
+
+def resolve_eval_every(value: Any, task: str) -> int:
+    """A transfer section's ``eval_every``: an integer >= 0, or ``auto`` (:func:`auto_eval_every` of the task)."""
+    if isinstance(value, str):
+        if value.strip().lower() == "auto":
+            return auto_eval_every(task)
+        raise ValueError(f"eval_every must be an integer >= 0 or 'auto' (500 for mnli/qqp/qnli, 1000 for squad, "
+                         f"50 otherwise), got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"eval_every must be an integer >= 0 or 'auto', got {value!r}")
+    return value
 
 
 def split_transfer(config: dict[str, Any]):
-    """``transfer`` section -> (FinetuneConfig, TrainConfig)."""
+    """``transfer`` section -> (FinetuneConfig, TrainConfig); ``eval_every: auto`` is resolved for the task."""
     t = dict(config.get("transfer") or {})
     train_kw = {k: t.pop(k) for k in list(t) if k in TRAIN_KEYS}
     known = {f.name for f in dataclasses.fields(FinetuneConfig)}
     unknown = set(t) - known
     if unknown:
         raise ValueError(f"unknown transfer keys {sorted(unknown)}")
-    return FinetuneConfig(**t), TrainConfig(**train_kw)
+    ft = FinetuneConfig(**t)
+    if "eval_every" in train_kw:
+        train_kw["eval_every"] = resolve_eval_every(train_kw["eval_every"], ft.task)
+    return ft, TrainConfig(**train_kw)
 
 
 def paper_finetune(task: str) -> tuple[FinetuneConfig, TrainConfig]:
-    """The reference fine-tuning protocol (SPEC.md)."""
+    """The reference fine-tuning protocol (SPEC.md), with the reference code's values of the knobs where ours
+    differ: evaluation every 500 (MNLI/QQP/QNLI) / 50 / 1000 (SQuAD) steps and best dev over those evaluations only
+    (no extra one at the last step), MNLI selected on mismatched accuracy, SQuAD ``doc_stride`` as a step."""
     spec = get_task(task)
+    every = auto_eval_every(spec.name)
     if spec.kind == "span":
-        return (FinetuneConfig(task=spec.name, max_length=384, stride=128, batch_size=16, epochs=2.0),
-                TrainConfig(lr=3e-5, eval_every=1000, weight_decay=0.0, warmup_steps=0))
-    return (FinetuneConfig(task=spec.name, max_length=128, batch_size=32, epochs=3.0),
-            TrainConfig(lr=2e-5, eval_every=500 if spec.name == "mnli" else 50, weight_decay=0.0, warmup_steps=0))
+        return (FinetuneConfig(task=spec.name, max_length=384, stride=128, stride_mode="step", batch_size=16,
+                               epochs=2.0),
+                TrainConfig(lr=3e-5, eval_every=every, eval_at_end=False, weight_decay=0.0, warmup_steps=0))
+    return (FinetuneConfig(task=spec.name, max_length=128, batch_size=32, epochs=3.0,
+                           select_split="mismatched" if spec.name == "mnli" else "matched"),
+            TrainConfig(lr=2e-5, eval_every=every, eval_at_end=False, weight_decay=0.0, warmup_steps=0))
 
 
 class FineTune:
@@ -96,7 +162,8 @@ class FineTune:
         )
         self.raw = raw
         datasets_logging.disable_progress_bar()
-        tok = tokenize_task(self.spec, raw, tokenizer, max_length=cfg.max_length, stride=cfg.stride)
+        tok = tokenize_task(self.spec, raw, tokenizer, max_length=cfg.max_length, stride=cfg.stride,
+                            stride_mode=cfg.stride_mode)
         self.train_ds = tok[self.spec.train_split]
         self.eval_ds = {s: tok[s] for s in self.spec.eval_splits if s in tok}
         if not self.eval_ds:
@@ -168,7 +235,9 @@ class FineTune:
         logits = torch.cat(outs).cpu()
         return torch.empty_like(logits).index_copy_(0, torch.cat(order), logits).numpy()
 
-    def evaluate(self, step: int) -> dict[str, float]:
+    def evaluate(self, step: int, track_best: bool = True) -> dict[str, float]:
+        """Metrics of every eval split; ``score`` is :func:`selection_score`. ``track_best=False`` (the loop's extra
+        evaluation at an off-cadence last step under ``eval_at_end: false``): reported, but not a best candidate."""
         per_split: dict[str, dict[str, float]] = {}
         for split, ds in self.eval_ds.items():
             if self.spec.kind == "span":
@@ -178,12 +247,17 @@ class FineTune:
             else:
                 labels = self.eval_t[split].targets["labels"].numpy()
                 per_split[split] = compute_task_metrics(self.spec.name, self._predict(split), labels)
-        score = main_score(self.spec.name, per_split)
+        return self.record(step, per_split, track_best)
+
+    def record(self, step: int, per_split: dict[str, dict[str, float]], track_best: bool = True
+               ) -> dict[str, float]:
+        """Flatten one evaluation's per-split metrics and update the best one (strictly better score)."""
+        score = selection_score(self.spec, per_split, self.cfg.select_split)
         flat: dict[str, float] = {"score": score}
         for split, m in per_split.items():
             for k, v in m.items():
                 flat[k if len(per_split) == 1 else f"{split}/{k}"] = v
-        if score > self.best["best_score"]:
+        if track_best and score > self.best["best_score"]:
             self.best = {"best_score": score, "best_step": step, **{f"best/{k}": v for k, v in flat.items()}}
         return {**flat, **self.best}
 

@@ -36,9 +36,22 @@ class IMPConfig:
     mlm_probability: float = field(default=0.15, metadata={"help": "MLM masking rate"})
     eval_blocks: int = field(default=64, metadata={"help": "held-out blocks for evaluation"})
     eval_batch_size: int = field(default=16, metadata={"help": "batch size of evaluation"})
+    prune_first: bool = field(default=False, metadata={"help": (
+        "prune before each interval (the reference's code: 0.1 at step 0, sparsity 0.1(k+1) after k intervals, "
+        "0.7 costs 6P) instead of after it (ours: 0.1k after k intervals, 0.7 costs 7P)")})
+    rewind: str = field(default="pretrained", metadata={"help": (
+        "after each pruning reset the weights to the pre-trained values: pretrained (ours and the paper: encoder "
+        "and MLM head) | encoder (encoder only) | none (the reference's code: its rewind copies the trained "
+        "weights onto themselves and never touches the head)")})
+    schedule_steps: int = field(default=0, metadata={"help": (
+        "length of the linear LR decay that restarts every round (0: one interval; the reference: 2 epochs)")})
+    dense_decoder: bool = field(default=False, metadata={"help": (
+        "the MLM decoder uses the dense embedding (the reference's code) instead of the masked one")})
 
     def __post_init__(self) -> None:
         check_sparsity(self.target_sparsity)
+        if self.rewind not in ("pretrained", "encoder", "none"):
+            raise ValueError(f"rewind must be pretrained, encoder or none, got {self.rewind!r}")
         if self.interval < 1:
             raise ValueError("interval must be >= 1")
         if not 0 < self.prune_step < 1:
@@ -48,7 +61,7 @@ class IMPConfig:
         return int(round(self.target_sparsity / self.prune_step))
 
     def total_steps(self) -> int:
-        return self.rounds() * self.interval
+        return (self.rounds() - (1 if self.prune_first else 0)) * self.interval
 
 
 class IMP:
@@ -61,6 +74,7 @@ class IMP:
             raise ValueError("IMP trains with the MLM loss and needs a pre-trained (or fitted) MLM head")
         self.model, self.cfg, self.tokenizer, self.runtime = model, cfg, tokenizer, runtime
         model.to(runtime.device)
+        model.dense_decoder = cfg.dense_decoder
         self.train_blocks, self.eval_blocks = train_blocks, eval_blocks[: cfg.eval_blocks]
         self.model_name, self.seed = model_name, seed
         self.ticket_dir = Path(ticket_dir) if ticket_dir else None
@@ -73,6 +87,8 @@ class IMP:
         self.saved: dict[float, Path] = {}
         for p in self._trainable():
             p.requires_grad_(True)
+        if cfg.prune_first:  # the reference's first pruning (of the pre-trained weights) precedes any training
+            self.prune_and_rewind(0)
 
     def _trainable(self):
         return list(dict.fromkeys(self.model.parameters()))
@@ -88,7 +104,7 @@ class IMP:
         return [self.model]
 
     def schedule_steps(self):
-        return self.cfg.interval
+        return self.cfg.schedule_steps or self.cfg.interval
 
     def batches(self, start_step: int) -> Iterator[dict[str, torch.Tensor]]:
         return pretraining_batches(self.train_blocks, self.cfg.batch_size, self.seed, start_step, self.tokenizer,
@@ -135,7 +151,11 @@ class IMP:
         masks = magnitude_masks(effective, s)
         for k, p in params.items():
             p.mask.copy_(masks[k])  # copy_ converts dtype and device
-        self.model.load_state_dict(self.pretrained)  # rewind everything (encoder + head) to pre-trained
+        if self.cfg.rewind == "pretrained":  # rewind everything (encoder + head) to pre-trained
+            self.model.load_state_dict(self.pretrained)
+        elif self.cfg.rewind == "encoder":
+            self.model.base.load_state_dict({k[len("base."):]: v for k, v in self.pretrained.items()
+                                             if k.startswith("base.")})
         meta = TicketMeta(
             model=self.model_name, method=Method.IMP, sparsity=s, objective="mlm", steps=step,
             seed=self.seed, config={"interval": self.cfg.interval, "prune_step": self.cfg.prune_step},

@@ -77,9 +77,14 @@ class _StraightThroughTopK(torch.autograd.Function):
         return grad, None
 
 
-def num_pruned(numel: int, sparsity: float) -> int:
+def num_pruned(numel: int, sparsity: float, rule: str = "round") -> int:
     """Weights removed from a matrix of ``numel`` at ``sparsity``: ``round(sparsity * numel)`` (the rule of
-    ``torch.nn.utils.prune``); every pruning method and TAMT's threshold reset use this one rule."""
+    ``torch.nn.utils.prune``; every pruning method uses it) or, with ``rule="floor"``, ``int(sparsity * numel)``
+    (the reference's TAMT threshold reset)."""
+    if rule == "floor":
+        return int(sparsity * numel)
+    if rule != "round":
+        raise ValueError(f"pruned-count rule must be 'round' or 'floor', got {rule!r}")
     return int(round(sparsity * numel))
 
 
@@ -109,6 +114,7 @@ class ScoreMask(nn.Module):
         kept_score: float = 0.02,
         pruned_score: float = 0.0,
         threshold: float = 0.01,
+        count_rule: str = "round",
     ):
         super().__init__()
         scores = torch.where(init_mask.bool(), kept_score, pruned_score).to(torch.float32)
@@ -116,7 +122,7 @@ class ScoreMask(nn.Module):
         self.register_buffer("threshold", torch.tensor(float(threshold)))
         self.sparsity = float(sparsity)
         self.binarizer = binarizer
-        self.n_kept = init_mask.numel() - num_pruned(init_mask.numel(), sparsity)
+        self.n_kept = init_mask.numel() - num_pruned(init_mask.numel(), sparsity, count_rule)
 
     def mask_values(self) -> torch.Tensor:
         if self.binarizer == "topk":
@@ -229,14 +235,21 @@ def apply_score_masks(
     init_masks: dict[str, torch.Tensor],
     sparsity: float,
     binarizer: BinarizerKind = "threshold",
+    reset_at_init: bool = True,
+    count_rule: str = "round",
 ) -> dict[str, ScoreMask]:
-    """Register TAMT :class:`ScoreMask` parametrizations initialised from ``init_masks``; returns them by key."""
+    """Register TAMT :class:`ScoreMask` parametrizations initialised from ``init_masks``; returns them by key.
+
+    ``reset_at_init`` (ours): tau is set to the k-th smallest score at once (0 for an OMP/random init, so a pruned
+    score enters the mask as soon as a step raises it). False (the reference): tau stays at 0.01, halfway between
+    the pruned (0) and kept (0.02) scores, until the first reset."""
     if has_masks(model):
         raise ValueError("model already has masks applied: call remove_masks() first")
     validate_masks(init_masks, weight_shapes(model))
-    params = {k: ScoreMask(m, sparsity, binarizer) for k, m in init_masks.items()}
-    for p in params.values():
-        p.reset_threshold()
+    params = {k: ScoreMask(m, sparsity, binarizer, count_rule=count_rule) for k, m in init_masks.items()}
+    if reset_at_init:
+        for p in params.values():
+            p.reset_threshold()
     _register(model, params)
     return params
 

@@ -50,12 +50,17 @@ class PretrainingModel(nn.Module):
         self.base = base
         self.head = head
         self.head_pretrained = head_pretrained
+        #: False (ours): the decoder is the word-embedding matrix as the model sees it, masked with it, so a baked
+        #: ticket computes the same MLM logits. True (the reference's code): the decoder keeps the dense
+        #: pre-trained embedding (the reference swaps the embedding module, the tied decoder keeps its weight).
+        self.dense_decoder = False
         self.config = base.config
         self.model_type = check_model_type(base.config)
 
-    def forward(self, input_ids, attention_mask=None, output_hidden_states: bool = False):
+    def forward(self, input_ids, attention_mask=None, output_hidden_states: bool = False, token_type_ids=None):
         return self.base(
-            input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=output_hidden_states
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+            output_hidden_states=output_hidden_states,
         )
 
     def _transform(self, h: torch.Tensor) -> torch.Tensor:
@@ -68,7 +73,13 @@ class PretrainingModel(nn.Module):
 
     def mlm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Vocabulary logits for the given hidden rows (call it on masked positions only: ~1.5x cheaper)."""
-        decoder = self.base.embeddings.word_embeddings.weight  # masked if the embedding is masked
+        emb = self.base.embeddings.word_embeddings
+        if self.dense_decoder:
+            from .registry import weight_of
+
+            decoder = weight_of(emb)  # the stored (unmasked) embedding
+        else:
+            decoder = emb.weight  # masked if the embedding is masked
         return F.linear(self._transform(hidden), decoder, self._bias())
 
     def head_params(self) -> list[nn.Parameter]:

@@ -78,3 +78,24 @@ def kd_loss(
             losses.append((d * m).sum() / m.sum().clamp_min(1.0))
     return torch.stack(losses).mean()
 
+
+
+def kd_mse_loss(
+    student_hidden: tuple[torch.Tensor, ...],
+    teacher_hidden: tuple[torch.Tensor, ...],
+    attention_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The reference's ``full_mse`` representation loss (eval_kd.py): mean over layers (hidden_states[1:]) of
+    ``MSELoss()`` (mean over every position and hidden dim, padding included) between student and teacher.
+    With ``attention_mask``: the mean over real tokens only (and all dims)."""
+    if len(student_hidden) != len(teacher_hidden):
+        raise ValueError(f"student has {len(student_hidden)} hidden states, teacher {len(teacher_hidden)}")
+    losses = []
+    for hs, ht in zip(student_hidden[1:], teacher_hidden[1:]):
+        d = (hs.float() - ht.float()).pow(2).mean(dim=-1)  # [B, T]
+        if attention_mask is None:
+            losses.append(d.mean())
+        else:
+            m = attention_mask.to(d.dtype)
+            losses.append((d * m).sum() / m.sum().clamp_min(1.0))
+    return torch.stack(losses).mean()

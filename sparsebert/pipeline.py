@@ -20,7 +20,7 @@ from typing import Callable
 
 import torch
 
-from .data import TextDataConfig, tokenized_blocks
+from .data import TextDataConfig, text_data
 from .evaluation import evaluate_kd, evaluate_mlm
 from .finders import DEFAULT_TEXT, FindContext, FinderSpec, finder_spec
 from .masking import apply_masks
@@ -39,6 +39,12 @@ class EvalSpec:
     eval_blocks: int = field(default=64, metadata={"help": "validation blocks for MLM/KD loss"})
     batch_size: int = field(default=16, metadata={"help": "evaluation batch"})
     head_steps: int = field(default=100, metadata={"help": "steps to fit an MLM head if the model has none"})
+    dense_decoder: bool = field(default=False, metadata={"help": (
+        "MLM loss with the dense pre-trained embedding as decoder (the reference's eval_mlm) instead of the masked")})
+    mlm_eval: dict = field(default_factory=dict, metadata={"help": (
+        "evaluate_mlm options, e.g. {seed: 42, reduction: batch_mean} (the reference's eval_mlm)")})
+    kd_eval: dict = field(default_factory=dict, metadata={"help": (
+        "evaluate_kd options, e.g. {exclude_padding: false, reduction: batch_mean} (the reference's eval_kd)")})
     text: dict | None = field(default=None, metadata={"help": (
         "held-out text (TextDataConfig fields) whose validation split the losses are measured on; None: the "
         "space's ticket text section (the same for every variant), else the embedded default")})
@@ -52,20 +58,23 @@ class EvalSpec:
 
 
 class SharedText:
-    """Tokenized train/validation blocks for one text config, built once (driver) and shared with trials."""
+    """Tokenized train/validation data for one text config, built once (driver) and shared with trials: a
+    LongTensor [N, block_size] for ``kind: blocks`` (the default), a :class:`sparsebert.data.PaddedSequences`
+    (input_ids / attention_mask [/ token_type_ids], [N, block_size]) for ``kind: paragraphs``."""
 
     def __init__(self, blocks: dict[str, dict[str, torch.Tensor]] | None = None):
         self.blocks = blocks or {}
 
     @staticmethod
     def key(model: str, text: dict) -> str:
+        # the dict as written: a text without the new fields (kind, kd_*) keys exactly as before
         return config_hash({"model": model, **text})
 
-    def get(self, model: str, text: dict, split: str) -> torch.Tensor:
+    def get(self, model: str, text: dict, split: str):
         k = self.key(model, text)
         if k not in self.blocks or split not in self.blocks[k]:
             cfg = TextDataConfig(**text)
-            self.blocks.setdefault(k, {})[split] = tokenized_blocks(cfg, load_tokenizer(model), split)
+            self.blocks.setdefault(k, {})[split] = text_data(cfg, load_tokenizer(model), split)
         return self.blocks[k][split]
 
 
@@ -96,8 +105,9 @@ class TicketStore:
         self, spec: FinderSpec, eval_spec: EvalSpec | None = None, shared: SharedText | None = None,
         report: Callable | None = None, log: Callable[[str], None] = print, runtime: Runtime = CPU,
     ) -> tuple[Ticket, bool]:
-        """The stored ticket for ``spec`` (made now if absent, on ``runtime``). Returns (ticket, made_now)."""
-        with self.lock(spec):
+        """The stored ticket for ``spec`` (made now if absent, on ``runtime``). Returns (ticket, made_now). The
+        lock is the run's: trials asking for different snapshots of one run wait for that one run."""
+        with self.lock(spec.run_spec()):
             if self.has(spec):
                 return Ticket.load(self.path(spec)), False
             ticket = make_ticket(spec, eval_spec or EvalSpec(), shared or SharedText(), self, report, log, runtime)
@@ -129,47 +139,67 @@ def make_ticket(
     save it in ``store`` (with every sibling ticket the finder passed on the way). The ticket id does not depend on
     the runtime; the ticket records it."""
     t0 = time.perf_counter()
+    run = spec.run_spec()  # a snapshot ticket is made by the run it is a snapshot of
     model = load_pretraining_model(spec.model)
     if spec.needs_mlm_head:
         ensure_head(spec, eval_spec, shared, log, runtime, model=model)
-    ctx = FindContext(
-        model=model, tokenizer=load_tokenizer(spec.model), eval_blocks=eval_spec.eval_blocks,
-        blocks=lambda split: shared.get(spec.model, spec.text, split),
-        partial=store.root / "partial" / spec.ticket_id if store else None, report=report, log=log, runtime=runtime,
-    )
-    ticket = None
-    for found, t in spec.find(ctx):
-        own = found.ticket_id == spec.ticket_id
-        if not own and (store is None or store.has(found)):
-            continue
+    made: dict[str, Ticket] = {}
+
+    def stamp(found: FinderSpec, t: Ticket) -> Ticket:
         t.meta.config = found.canonical()
         t.meta.seed = getattr(found, "seed", 0)
         t.meta.runtime = {"device": runtime.device.type, "precision": runtime.precision}
         t.meta.metrics = evaluate_ticket(t, found, eval_spec, shared, log=log, runtime=runtime)
-        if own:
-            t.meta.metrics["find_s"] = time.perf_counter() - t0
-            ticket = t
+        made[found.ticket_id] = t
+        return t
+
+    def emit(found: FinderSpec, t: Ticket) -> None:  # a sibling: evaluated and stored at once (crash-safe)
+        if store is not None and store.has(found):
+            return
+        stamp(found, t)
         if store is not None:
             t.save(store.path(found))
-    if store is not None and ctx.partial.exists():
-        shutil.rmtree(ctx.partial, ignore_errors=True)
-    return ticket
+
+    ctx = FindContext(
+        model=model, tokenizer=load_tokenizer(spec.model), eval_blocks=eval_spec.eval_blocks,
+        blocks=lambda split: shared.get(spec.model, spec.text, split),
+        partial=store.root / "partial" / run.ticket_id if store else None, report=report, log=log, runtime=runtime,
+        emit=emit,
+    )
+    ticket = stamp(run, run.find(ctx))
+    ticket.meta.metrics["find_s"] = time.perf_counter() - t0
+    if store is not None:
+        ticket.save(store.path(run))
+        if ctx.partial.exists():
+            shutil.rmtree(ctx.partial, ignore_errors=True)
+    if spec.ticket_id not in made:
+        raise RuntimeError(f"the run of {run.ticket_id} did not make ticket {spec.ticket_id}")
+    return made[spec.ticket_id]
 
 
 def evaluate_ticket(
     ticket: Ticket, spec: FinderSpec, eval_spec: EvalSpec, shared: SharedText, log: Callable = print,
     runtime: Runtime = CPU,
 ) -> dict[str, float]:
-    """MLM loss (fixed masking, the original/fitted head) and KD loss (vs the dense model) on validation blocks."""
+    """MLM loss (fixed masking, the original/fitted head) and KD losses (vs the dense model) on validation blocks:
+    ``kd_loss`` (= ``kd_loss_cos``, ours) and ``kd_loss_mse`` (the reference's full_mse).
+
+    ``eval_spec.mlm_eval`` / ``eval_spec.kd_eval`` (optional dicts, read with getattr) are passed to
+    :func:`evaluate_mlm` (``seed``, ``reduction``, ``mlm_probability``) and :func:`evaluate_kd`
+    (``exclude_padding``, ``reduction``): e.g. :data:`sparsebert.evaluation.REFERENCE_MLM_EVAL` /
+    :data:`~sparsebert.evaluation.REFERENCE_KD_EVAL`; absent: ours."""
     tok = load_tokenizer(spec.model)
     blocks = shared.get(spec.model, eval_spec.text_for(spec), "validation")[: eval_spec.eval_blocks]
     model = ensure_head(spec, eval_spec, shared, log, runtime)
+    model.dense_decoder = eval_spec.dense_decoder
     teacher = copy.deepcopy(model.base).to(runtime.device)
     if ticket.meta.method is not Method.DENSE:
         apply_masks(model.base, ticket)
     model.to(runtime.device)
     out = {}
-    out.update(evaluate_mlm(model, blocks, tok, eval_spec.batch_size, runtime=runtime))
-    out.update(evaluate_kd(model, teacher, blocks, eval_spec.batch_size, runtime=runtime))
+    mlm_kw = dict(getattr(eval_spec, "mlm_eval", None) or {})
+    kd_kw = dict(getattr(eval_spec, "kd_eval", None) or {})
+    out.update(evaluate_mlm(model, blocks, tok, eval_spec.batch_size, runtime=runtime, **mlm_kw))
+    out.update(evaluate_kd(model, teacher, blocks, eval_spec.batch_size, runtime=runtime, **kd_kw))
     out["eval_blocks"] = int(len(blocks))
     return out

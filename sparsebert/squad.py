@@ -2,8 +2,10 @@
 
 The standard Hugging Face question-answering recipe: question first, context second (swapped for a tokenizer that
 pads on the left), ``truncation="only_second"``, overflowing windows of ``max_length`` tokens overlapping by
-``stride`` tokens, character offsets to map token spans back to context text. Works with any fast tokenizer
-(BERT WordPiece, RoBERTa byte-level BPE): the CLS index is looked up per feature, not assumed to be 0.
+``stride`` tokens (``stride_mode="step"``: windows starting ``stride`` context tokens apart, the legacy
+``doc_stride`` of the reference, see :func:`step_overlaps`), character offsets to map token spans back to context
+text. Works with any fast tokenizer (BERT WordPiece, RoBERTa byte-level BPE): the CLS index is looked up per
+feature, not assumed to be 0.
 
 * :func:`prepare_train_features`: one row per window with ``start_positions``/``end_positions``; a window that does
   not contain the whole gold answer points both at its CLS token.
@@ -37,27 +39,75 @@ __all__ = [
 EVAL_META_COLUMNS = ("example_id", "offset_mapping")
 
 
-def _tokenize(examples: Mapping[str, Sequence[Any]], tokenizer, max_length: int, stride: int, padding):
+STRIDE_MODES = ("overlap", "step")
+
+
+def step_overlaps(questions: Sequence[str], tokenizer, max_length: int, step: int) -> list[int]:
+    """Per question: the tokenizer ``stride`` (overlap) that makes consecutive windows start ``step`` context
+    tokens apart, as the legacy ``squad_convert_example_to_features`` does with ``doc_stride``: a window holds
+    ``room = max_length - question tokens - special tokens`` context tokens and the legacy passes
+    ``stride = max_seq_length - doc_stride - len(truncated_query) - sequence_pair_added_tokens`` (= room - step)
+    to its tokenizer, so window k starts at token ``k * doc_stride`` and a new window is made while the previous
+    one did not reach the context's end. Differences left: the legacy first truncates the question to
+    ``max_query_length`` (64) tokens (ours keeps it whole) and rejects ``doc_stride >= max_length -
+    max_query_length``; here a question so long that room < step gets overlap 0 (windows step by room)."""
+    if step < 1:
+        raise ValueError(f"stride (step between windows) must be >= 1, got {step}")
+    special = tokenizer.num_special_tokens_to_add(pair=True)
+    lengths = [len(ids) for ids in tokenizer(list(questions), add_special_tokens=False)["input_ids"]]
+    return [max(0, max_length - n - special - step) for n in lengths]
+
+
+def _tokenize(examples: Mapping[str, Sequence[Any]], tokenizer, max_length: int, stride: int, padding,
+              stride_mode: str = "overlap"):
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError("SQuAD features need a fast tokenizer (offset mapping, overflowing windows)")
     if stride >= max_length:
         raise ValueError(f"stride ({stride}) must be smaller than max_length ({max_length})")
+    if stride_mode not in STRIDE_MODES:
+        raise ValueError(f"stride_mode must be one of {STRIDE_MODES}, got {stride_mode!r}")
     pad_on_right = tokenizer.padding_side == "right"
     questions = [q.lstrip() for q in examples["question"]]  # leading spaces waste window room
     contexts = list(examples["context"])
-    first, second = (questions, contexts) if pad_on_right else (contexts, questions)
-    enc = tokenizer(
-        first,
-        second,
-        truncation="only_second" if pad_on_right else "only_first",
-        max_length=max_length,
-        stride=stride,
-        return_overflowing_tokens=True,
-        return_offsets_mapping=True,
-        padding=padding,
-    )
     context_index = 1 if pad_on_right else 0
-    return enc, context_index
+
+    def encode(rows: Sequence[int], overlap: int):
+        q, c = [questions[i] for i in rows], [contexts[i] for i in rows]
+        first, second = (q, c) if pad_on_right else (c, q)
+        return tokenizer(
+            first,
+            second,
+            truncation="only_second" if pad_on_right else "only_first",
+            max_length=max_length,
+            stride=overlap,
+            return_overflowing_tokens=True,
+            return_offsets_mapping=True,
+            padding=padding,
+        )
+
+    if stride_mode == "overlap":
+        return encode(range(len(questions)), stride), context_index
+    # step: the overlap depends on the question's length; one tokenizer call per distinct overlap, then the
+    # windows are put back in example order (windows of one example stay in context order)
+    overlaps = step_overlaps(questions, tokenizer, max_length, stride)
+    groups: dict[int, list[int]] = defaultdict(list)
+    for i, o in enumerate(overlaps):
+        groups[o].append(i)
+    windows = []  # (example index, encoding, row)
+    n_sequences = None
+    for overlap, rows in groups.items():
+        enc = encode(rows, overlap)
+        n_sequences = enc.n_sequences
+        for r, local in enumerate(enc["overflow_to_sample_mapping"]):
+            windows.append((rows[local], enc, r))
+    from transformers import BatchEncoding
+
+    windows.sort(key=lambda w: w[0])  # stable
+    keys = list(windows[0][1].keys()) if windows else []
+    data = {k: [w[1][k][w[2]] for w in windows] for k in keys if k != "overflow_to_sample_mapping"}
+    data["overflow_to_sample_mapping"] = [w[0] for w in windows]
+    encodings = [w[1].encodings[w[2]] for w in windows]
+    return BatchEncoding(data, encoding=encodings, n_sequences=n_sequences), context_index
 
 
 def _cls_index(input_ids: Sequence[int], tokenizer) -> int:
@@ -74,13 +124,14 @@ def prepare_train_features(
     max_length: int = 384,
     stride: int = 128,
     padding: str | bool = "max_length",
+    stride_mode: str = "overlap",
 ) -> dict[str, list]:
     """Batched ``Dataset.map`` function: SQuAD examples (id/context/question/answers) -> training windows.
 
     Uses the first gold answer. ``start_positions``/``end_positions`` are token indices of the answer's first and
     last token inside the window, or the window's CLS index when the answer is not wholly inside it.
     """
-    enc, context_index = _tokenize(examples, tokenizer, max_length, stride, padding)
+    enc, context_index = _tokenize(examples, tokenizer, max_length, stride, padding, stride_mode)
     sample_map = enc.pop("overflow_to_sample_mapping")
     offsets_all = enc.pop("offset_mapping")
     starts: list[int] = []
@@ -126,10 +177,11 @@ def prepare_eval_features(
     max_length: int = 384,
     stride: int = 128,
     padding: str | bool = "max_length",
+    stride_mode: str = "overlap",
 ) -> dict[str, list]:
     """Batched ``Dataset.map`` function: SQuAD examples -> evaluation windows with ``example_id`` and
     ``offset_mapping`` (``None`` outside the context)."""
-    enc, context_index = _tokenize(examples, tokenizer, max_length, stride, padding)
+    enc, context_index = _tokenize(examples, tokenizer, max_length, stride, padding, stride_mode)
     sample_map = enc.pop("overflow_to_sample_mapping")
     example_ids = []
     offset_mapping = []
@@ -145,24 +197,28 @@ def prepare_eval_features(
     return out
 
 
-def build_train_features(dataset, tokenizer, max_length: int = 384, stride: int = 128, padding="max_length"):
+def build_train_features(dataset, tokenizer, max_length: int = 384, stride: int = 128, padding="max_length",
+                         stride_mode: str = "overlap"):
     """``datasets.Dataset`` of SQuAD examples -> training features (original columns removed)."""
     return dataset.map(
         prepare_train_features,
         batched=True,
         remove_columns=dataset.column_names,
-        fn_kwargs=dict(tokenizer=tokenizer, max_length=max_length, stride=stride, padding=padding),
+        fn_kwargs=dict(tokenizer=tokenizer, max_length=max_length, stride=stride, padding=padding,
+                       stride_mode=stride_mode),
         desc="SQuAD train features",
     )
 
 
-def build_eval_features(dataset, tokenizer, max_length: int = 384, stride: int = 128, padding="max_length"):
+def build_eval_features(dataset, tokenizer, max_length: int = 384, stride: int = 128, padding="max_length",
+                        stride_mode: str = "overlap"):
     """``datasets.Dataset`` of SQuAD examples -> evaluation features (original columns removed)."""
     return dataset.map(
         prepare_eval_features,
         batched=True,
         remove_columns=dataset.column_names,
-        fn_kwargs=dict(tokenizer=tokenizer, max_length=max_length, stride=stride, padding=padding),
+        fn_kwargs=dict(tokenizer=tokenizer, max_length=max_length, stride=stride, padding=padding,
+                       stride_mode=stride_mode),
         desc="SQuAD eval features",
     )
 

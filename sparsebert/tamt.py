@@ -50,6 +50,18 @@ class TAMTConfig:
     save_at: tuple[int, ...] = field(default=(), metadata={"help": "steps at which to save a ticket (plus the end)"})
     eval_blocks: int = field(default=64, metadata={"help": "held-out blocks for the evaluation during training"})
     eval_batch_size: int = field(default=16, metadata={"help": "batch size of evaluation"})
+    reset_at_init: bool = field(default=True, metadata={"help": (
+        "reset tau to the k-th smallest score at init (ours: tau = 0, exact sparsity from step 1) | false: tau "
+        "stays 0.01 until the first reset (the reference's code)")})
+    count_rule: str = field(default="round", metadata={"help": (
+        "pruned count per matrix at a threshold reset: round(n*s) (ours, every method) | floor: int(n*s) (the "
+        "reference's TAMT)")})
+    dense_decoder: bool = field(default=False, metadata={"help": (
+        "the MLM decoder uses the dense pre-trained embedding (the reference's code) instead of the masked one")})
+    teacher_train_mode: bool = field(default=False, metadata={"help": (
+        "run the KD teacher in train mode, dropout on (the reference's code) instead of eval mode")})
+    schedule_steps: int = field(default=0, metadata={"help": (
+        "length of the linear LR decay (0: the run's last step; the reference decays over 2 epochs of its data)")})
     head_lr: float | None = field(default=None, metadata={
         "help": "lr of the MLM head in TAMT-MLM (None: the scores' lr, as the reference); short budgets that raise "
                 "the scores' lr should keep the head's small, or the mask fits a head that evaluation does not use"})
@@ -65,6 +77,8 @@ class TAMTConfig:
         if self.reset_every < 1:
             raise ValueError("reset_every must be >= 1")
         self.save_at = tuple(sorted(int(s) for s in self.save_at))
+        if self.count_rule not in ("round", "floor"):
+            raise ValueError(f"count_rule must be 'round' or 'floor', got {self.count_rule!r}")
 
 
 class TAMT:
@@ -81,7 +95,9 @@ class TAMT:
         ticket_dir: str | Path | None = None,
         seed: int = 0,
         runtime: Runtime = CPU,
+        on_snapshot=None,
     ):
+        self.on_snapshot = on_snapshot  # (step, Ticket) for every save_at step: a sibling ticket, stored at once
         self.model, self.cfg, self.tokenizer, self.runtime = model, cfg, tokenizer, runtime
         self.train_blocks, self.eval_blocks = train_blocks, eval_blocks[: cfg.eval_blocks]
         self.model_name, self.seed = model_name, seed
@@ -98,7 +114,9 @@ class TAMT:
             init = magnitude_masks(weights, cfg.sparsity)
         else:
             init = random_masks({n: w.shape for n, w in weights.items()}, cfg.sparsity, cfg.init_seed)
-        self.scores: dict[str, ScoreMask] = apply_score_masks(model.base, init, cfg.sparsity, cfg.binarizer)
+        self.scores: dict[str, ScoreMask] = apply_score_masks(model.base, init, cfg.sparsity, cfg.binarizer,
+                                                              cfg.reset_at_init, cfg.count_rule)
+        model.dense_decoder = cfg.dense_decoder
         self.head = model.head_params() if self.objective.uses_mlm else []
         for p in self.head:
             p.requires_grad_(True)
@@ -118,7 +136,7 @@ class TAMT:
         return [self.model]
 
     def schedule_steps(self):
-        return None
+        return self.cfg.schedule_steps or None
 
     def batches(self, start_step: int) -> Iterator[dict[str, torch.Tensor]]:
         """CPU batches: the block slice, MLM-masked here (seeded by the step) when the objective uses MLM."""
@@ -129,13 +147,17 @@ class TAMT:
     def loss(self, batch: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         oc, ids = self.cfg.objective, batch["input_ids"]
         with parametrize.cached():  # each masked matrix (incl. the tied decoder) computed once per step
-            out = self.model(ids, output_hidden_states=self.objective.uses_kd)
+            out = self.model(ids, attention_mask=batch.get("attention_mask"),
+                             token_type_ids=batch.get("token_type_ids"), output_hidden_states=self.objective.uses_kd)
             parts: dict[str, torch.Tensor] = {}
             if self.objective.uses_mlm:
                 parts["mlm"] = mlm_loss_at(self.model, out.last_hidden_state, batch["positions"], batch["targets"])
         if self.objective.uses_kd:
             with torch.no_grad():
-                teacher_hidden = self.teacher(ids, output_hidden_states=True).hidden_states
+                self.teacher.train(self.cfg.teacher_train_mode)
+                teacher_hidden = self.teacher(ids, attention_mask=batch.get("attention_mask"),
+                                              token_type_ids=batch.get("token_type_ids"),
+                                              output_hidden_states=True).hidden_states
             parts["kd"] = kd_loss(out.hidden_states, teacher_hidden)
         if self.objective is Objective.MLM_KD:
             loss = oc.mlm_weight * parts["mlm"] + oc.kd_weight * parts["kd"]
@@ -195,7 +217,17 @@ class TAMT:
         return Ticket(current_masks(self.model.base), meta)
 
     def save_ticket(self, step: int) -> Ticket:
+        """A snapshot at ``step`` that leaves the run as it was (the threshold reset a ticket needs is undone), so
+        the snapshot equals the same step of any run with the same schedule. (The reference resets tau at every
+        save and so changes its run's later steps.)"""
+        saved = {k: (s.scores.detach().clone(), s.threshold.clone()) for k, s in self.scores.items()}
         t = self.ticket(step)
+        with torch.no_grad():
+            for k, s in self.scores.items():
+                s.scores.copy_(saved[k][0])
+                s.threshold.copy_(saved[k][1])
+        if self.on_snapshot is not None:
+            self.on_snapshot(step, t)
         if self.ticket_dir is not None:
             self.saved[step] = t.save(self.ticket_dir / f"step{step}")
         return t

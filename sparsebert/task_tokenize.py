@@ -13,6 +13,7 @@ def tokenize_task(
     max_length: int = 128,
     stride: int = 128,
     squad_padding: str | bool = "max_length",
+    stride_mode: str = "overlap",
 ):
     """Tokenize every split for the model (fast tokenizer, batched ``map``; padding left to the collator).
 
@@ -21,7 +22,9 @@ def tokenize_task(
     first, ``max_length`` tokens. SQuAD: the train split becomes :func:`~sparsebert.squad.prepare_train_features`
     windows, eval splits :func:`~sparsebert.squad.prepare_eval_features` windows (with ``example_id`` and
     ``offset_mapping``: remove :data:`~sparsebert.squad.EVAL_META_COLUMNS` before batching); pass
-    ``max_length=384, stride=128`` for SQuAD (SPEC), windows padded to ``max_length`` unless ``squad_padding=False``.
+    ``max_length=384, stride=128`` for SQuAD (SPEC), windows padded to ``max_length`` unless ``squad_padding=False``;
+    ``stride_mode`` (SQuAD): ``overlap`` (``stride`` = tokens shared by consecutive windows) or ``step`` (``stride``
+    = the reference's ``doc_stride``, the step between window starts).
     """
     import datasets
 
@@ -32,7 +35,8 @@ def tokenize_task(
     for split, ds in dataset_dict.items():
         if spec.kind == "span":
             build = squad.build_train_features if split == spec.train_split else squad.build_eval_features
-            out[split] = build(ds, tokenizer, max_length=max_length, stride=stride, padding=squad_padding)
+            out[split] = build(ds, tokenizer, max_length=max_length, stride=stride, padding=squad_padding,
+                               stride_mode=stride_mode)
             continue
 
         def encode(batch, _spec=spec):

@@ -9,6 +9,7 @@ directory continues exactly (optimizer, scheduler, RNG, method state; the data o
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import sys
@@ -42,10 +43,20 @@ class TrainConfig:
         default=0, metadata={"help": "length of the linear decay (0 = steps; the reference decays over 2 epochs)"}
     )
     eval_every: int = field(default=50, metadata={"help": "evaluate (and report) every E steps; 0 = only at end"})
+    eval_at_end: bool = field(default=True, metadata={"help": (
+        "true (ours): the last step's evaluation is a best-dev candidate even off the eval_every cadence. false "
+        "(reference glue_trans.py/squad_trans.py: best_score is updated only at global_step % logging_steps == 0; "
+        "the final evaluate() after training is recorded but not compared): an off-cadence last step is still "
+        "evaluated and reported, as evaluate(step, track_best=False)")})
     log_every: int = field(default=10, metadata={"help": "progress line every N steps (0 = silent)"})
     seed: int = field(default=0, metadata={"help": "seed of data order, masking and dropout"})
+    optimizer: str = field(default="adamw", metadata={"help": (
+        "adamw (ours) | bertadam (the reference's mask training: no bias correction, eps 1e-6, grad_clip applied "
+        "per tensor inside the optimizer instead of over all parameters)")})
 
     def __post_init__(self) -> None:
+        if self.optimizer not in ("adamw", "bertadam"):
+            raise ValueError(f"optimizer must be 'adamw' or 'bertadam', got {self.optimizer!r}")
         if self.steps < 0:
             raise ValueError(f"steps must be >= 0, got {self.steps}")
         if self.schedule not in ("linear", "constant"):
@@ -94,8 +105,14 @@ def _build_optim(method: Recipe, cfg: TrainConfig, total: int, runtime: Runtime 
         groups = params
     if not params:
         raise ValueError("the method has no trainable parameters")
-    fused = runtime.fused_adamw() and all(p.device.type == "cuda" and p.dtype == torch.float32 for p in params)
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, **({"fused": True} if fused else {}))
+    if cfg.optimizer == "bertadam":
+        from .optim import BertAdam
+
+        opt = BertAdam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, max_grad_norm=cfg.grad_clip)
+    else:
+        fused = runtime.fused_adamw() and all(p.device.type == "cuda" and p.dtype == torch.float32 for p in params)
+        opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                **({"fused": True} if fused else {}))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg, total))
     return params, opt, sched
 
@@ -147,6 +164,9 @@ def train(
     ``write_checkpoint(dir)`` saves everything needed for an exact resume into ``dir`` (on the CPU).
     """
     log = log or print_progress()
+    if not cfg.eval_at_end and "track_best" not in inspect.signature(method.evaluate).parameters:
+        raise ValueError(f"eval_at_end=False needs a method whose evaluate() takes track_best "
+                         f"({type(method).__name__} does not)")
     rt: Runtime = getattr(method, "runtime", None) or CPU
     total = method.schedule_steps() or cfg.schedule_steps or cfg.steps
     params, opt, sched = _build_optim(method, cfg, total, rt)
@@ -206,7 +226,7 @@ def train(
             scaler.unscale_(opt)
         else:
             loss.backward()
-        if cfg.grad_clip:
+        if cfg.grad_clip and cfg.optimizer != "bertadam":  # BertAdam clips each tensor itself
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         if scaler is not None:
             scaler.step(opt)
@@ -222,7 +242,8 @@ def train(
         if on_step is not None:
             on_step(step)
         at_log = cfg.log_every and (step % cfg.log_every == 0 or step == cfg.steps)
-        at_eval = bool(cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps
+        on_cadence = bool(cfg.eval_every and step % cfg.eval_every == 0)
+        at_eval = on_cadence or step == cfg.steps
         if at_log or at_eval:
             mean = check_finite(running, since) / max(n_running, 1)
             running.zero_()
@@ -235,7 +256,8 @@ def train(
                 f"lr {sched.get_last_lr()[0]:.2e} {rate:.2f} steps/s eta {eta:.0f}s")
         if at_eval:
             metrics = {"step": step, "train_loss": float(loss.detach()), **_floats(step_metrics)}
-            metrics.update(method.evaluate(step))
+            metrics.update(method.evaluate(step) if on_cadence or cfg.eval_at_end
+                           else method.evaluate(step, track_best=False))
             metrics["steps_per_s"] = (step - step0) / max(time.perf_counter() - t0, 1e-9)
             metrics["resumed_at"] = resumed_at
             for m in method.models():
@@ -243,7 +265,9 @@ def train(
             if report is not None:
                 report(metrics, write_checkpoint)
     if cfg.steps == 0 or (step == cfg.steps and not metrics):
-        metrics = {"step": step, **method.evaluate(step)}
+        on_cadence = step == 0 or bool(cfg.eval_every and step % cfg.eval_every == 0)
+        metrics = {"step": step, **(method.evaluate(step) if on_cadence or cfg.eval_at_end
+                                    else method.evaluate(step, track_best=False))}
         if report is not None:
             report(metrics, write_checkpoint)
     return metrics

@@ -398,3 +398,17 @@ def test_report_with_no_finished_transfers(tmp_path):
     assert "sweep still running: 1 RUNNING, 1 PENDING" in md or "sweep still running: 1 PENDING, 1 RUNNING" in md
     assert "No finished transfer trials." in md
     assert "task rte: no finished transfer trial" in md
+
+
+def test_loss_correlations_add_kd_loss_mse_when_present():
+    rng = np.random.default_rng(1)
+    rows = []
+    for i in range(6):
+        loss = rng.uniform(2, 8)
+        for task in ("rte",):
+            rows.append({"ticket_id": f"t{i}", "task": task, "seed": 0, "sparsity": 0.5, "mlm_loss": loss,
+                         "kd_loss": loss / 10, "kd_loss_mse": loss / 3, "best_score": 90 - loss})
+    out = C.loss_score_correlations(pd.DataFrame(rows), None, n_boot=20)
+    assert set(out["x"]) == {"mlm_loss", "kd_loss", "kd_loss_mse"}
+    only = C.loss_score_correlations(pd.DataFrame(rows), None, losses=("kd_loss_mse",), n_boot=20)
+    assert set(only["x"]) == {"kd_loss_mse"}

@@ -9,7 +9,8 @@ import torch
 from transformers import AutoModel
 
 from helpers import read_pairs, write_mnli, write_qqp
-from sparsebert.finetune import FineTune, FinetuneConfig, paper_finetune
+from sparsebert.finetune import (FineTune, FinetuneConfig, auto_eval_every, paper_finetune, selection_score,
+                                  split_transfer)
 from sparsebert.pruning import omp_ticket
 from sparsebert.registry import prunable_weights
 from sparsebert.task_tensors import TaskTensors, epoch_batches, train_batches
@@ -123,3 +124,104 @@ def test_paper_preset_and_bad_task():
     assert (cfg.batch_size, cfg.max_length, cfg.stride, cfg.epochs, tc.lr) == (16, 384, 128, 2.0, 3e-5)
     with pytest.raises(ValueError, match="mnli"):
         FinetuneConfig(task="nosuchtask")
+
+
+# ---- reference knobs: MNLI selection split, eval_every auto, eval_at_end, SQuAD stride_mode ---------------------
+
+
+def _mnli_evals():
+    """Three evaluations where matched and mismatched peak at different steps."""
+    return {50: {"validation_matched": {"accuracy": 0.70}, "validation_mismatched": {"accuracy": 0.60}},
+            100: {"validation_matched": {"accuracy": 0.80}, "validation_mismatched": {"accuracy": 0.65}},
+            150: {"validation_matched": {"accuracy": 0.75}, "validation_mismatched": {"accuracy": 0.72}}}
+
+
+@pytest.mark.parametrize("select_split, best_step, best_score", [("matched", 100, 0.80), ("mismatched", 150, 0.72)])
+def test_mnli_select_split_picks_the_best_step(select_split, best_step, best_score):
+    from types import SimpleNamespace
+
+    from sparsebert.tasks import get_task
+
+    ft = SimpleNamespace(spec=get_task("mnli"), cfg=FinetuneConfig(task="mnli", select_split=select_split),
+                         best={"best_score": float("-inf"), "best_step": 0})
+    for step, per_split in _mnli_evals().items():
+        out = FineTune.record(ft, step, per_split)
+        assert out["score"] == per_split[f"validation_{select_split}"]["accuracy"]
+        # both splits stay reported
+        assert {"validation_matched/accuracy", "validation_mismatched/accuracy"} <= set(out)
+    assert (ft.best["best_step"], ft.best["best_score"]) == (best_step, best_score)
+    assert ft.best["best/validation_matched/accuracy"] == _mnli_evals()[best_step]["validation_matched"]["accuracy"]
+    assert selection_score("mnli", _mnli_evals()[best_step], select_split) == best_score
+
+
+def test_select_split_only_changes_mnli_and_is_validated():
+    per_split = {"validation": {"accuracy": 0.5, "f1": 0.7}}
+    assert selection_score("mrpc", per_split, "mismatched") == selection_score("mrpc", per_split, "matched") == 0.6
+    with pytest.raises(ValueError, match="select_split"):
+        FinetuneConfig(task="mnli", select_split="both")
+    with pytest.raises(ValueError, match="stride_mode"):
+        FinetuneConfig(task="squad", stride_mode="gap")
+
+
+def test_eval_every_auto_in_the_transfer_section():
+    def every(task, value):
+        return split_transfer({"transfer": {"task": task, "eval_every": value}})[1].eval_every
+
+    assert [every(t, "auto") for t in ("mnli", "qqp", "qnli", "sst2", "cola", "stsb", "mrpc", "rte", "squad")] == \
+        [500, 500, 500, 50, 50, 50, 50, 50, 1000]
+    assert every("mnli", 20) == 20 and every("rte", 0) == 0  # integers still work
+    assert split_transfer({"transfer": {"task": "rte"}})[1].eval_every == 50  # absent: TrainConfig's default
+    for bad in ("often", -5, 2.5, True):
+        with pytest.raises(ValueError, match="eval_every"):
+            every("rte", bad)
+    assert auto_eval_every("sst-2") == 50
+    ft, tc = split_transfer({"transfer": {"task": "rte", "eval_at_end": False, "stride_mode": "step",
+                                          "select_split": "mismatched"}})
+    assert (tc.eval_at_end, ft.stride_mode, ft.select_split) == (False, "step", "mismatched")
+
+
+@pytest.mark.parametrize("eval_at_end, best_step, best_score", [(True, 5, 0.9), (False, 4, 0.6)])
+def test_eval_at_end_keeps_an_off_cadence_last_step_out_of_best(eval_at_end, best_step, best_score, tiny, tok,
+                                                                  shared_data):
+    cfg = FinetuneConfig(task="rte", data_dir=str(shared_data / "glue"), subset_size=16, max_eval_examples=8,
+                         batch_size=8, max_length=32)
+    ft = FineTune(tiny, cfg, tok)
+    scores = {2: 0.5, 4: 0.6, 5: 0.9}  # the last step (5) is off the every-2 cadence and scores best
+    evaluated = []
+
+    def evaluate(step, track_best=True):
+        evaluated.append((step, track_best))
+        return FineTune.record(ft, step, {"validation": {"accuracy": scores[step]}}, track_best)
+
+    ft.evaluate = evaluate
+    reports = []
+    out = train(ft, TrainConfig(steps=5, lr=1e-3, eval_every=2, eval_at_end=eval_at_end, log_every=0),
+                report=lambda m, ck: reports.append(m))
+    assert [r["step"] for r in reports] == [2, 4, 5]  # the last step is still evaluated and reported
+    assert evaluated == [(2, True), (4, True), (5, eval_at_end)]
+    assert out["score"] == 0.9 and (out["best_step"], out["best_score"]) == (best_step, best_score)
+    # on the cadence the last step counts either way
+    ft.best = {"best_score": float("-inf"), "best_step": 0}
+    scores = {2: 0.5, 4: 0.9}
+    out = train(ft, TrainConfig(steps=4, lr=1e-3, eval_every=2, eval_at_end=eval_at_end, log_every=0))
+    assert (out["best_step"], out["best_score"]) == (4, 0.9)
+
+
+def test_eval_at_end_false_needs_a_recipe_that_can_skip_best():
+    class NoTrackBest:
+        def evaluate(self, step):
+            return {}
+
+    with pytest.raises(ValueError, match="track_best"):
+        train(NoTrackBest(), TrainConfig(steps=1, eval_at_end=False))
+
+
+def test_paper_preset_carries_the_reference_knobs():
+    for task, every in (("mnli", 500), ("qqp", 500), ("qnli", 500), ("rte", 50), ("squad", 1000)):
+        cfg, tc = paper_finetune(task)
+        assert tc.eval_every == every and tc.eval_at_end is False
+        assert cfg.select_split == ("mismatched" if task == "mnli" else "matched")
+        assert cfg.stride_mode == ("step" if task == "squad" else "overlap")
+    # our defaults are unchanged
+    assert (FinetuneConfig().select_split, FinetuneConfig().stride_mode, TrainConfig().eval_at_end) == \
+        ("matched", "overlap", True)

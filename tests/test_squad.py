@@ -267,3 +267,58 @@ def test_postprocess_across_windows_and_ragged_logits():
     assert squad.postprocess_predictions(examples, features, start, end) == {"a": "capital"}
     with pytest.raises(ValueError):
         squad.postprocess_predictions(examples, features, start[:1], end[:1])
+
+
+# ------------------------------------------------------------------------------------------------ stride_mode="step"
+
+
+def test_step_mode_windows_start_doc_stride_apart_like_the_legacy_converter(subset, minilm):
+    """stride_mode="step": the reference's doc_stride (legacy squad_convert_example_to_features): window k starts
+    at context token k * 128, a window holds room = 384 - question tokens - 3 context tokens, and windows are made
+    until one reaches the context's end, i.e. 1 + ceil((N - room) / 128) windows for N > room context tokens."""
+    max_length, step = 384, 128
+    ev = squad.build_eval_features(subset, minilm, max_length=max_length, stride=step, stride_mode="step")
+    tr = squad.build_train_features(subset, minilm, max_length=max_length, stride=step, stride_mode="step")
+    assert len(tr) == len(ev)
+    windows: dict[str, list[int]] = {}
+    for i, eid in enumerate(ev["example_id"]):
+        windows.setdefault(eid, []).append(i)
+    assert list(windows) == list(dict.fromkeys(subset["id"]))  # example order kept, windows contiguous
+    several = 0
+    for row in subset:
+        q = minilm(row["question"].lstrip(), add_special_tokens=False)["input_ids"]
+        ctx = minilm(row["context"], add_special_tokens=False, return_offsets_mapping=True)
+        n, room = len(ctx["input_ids"]), max_length - len(q) - 3
+        expected = 1 if n <= room else 1 + -(-(n - room) // step)
+        rows = windows[row["id"]]
+        assert len(rows) == expected, (row["id"], n, room)
+        several += expected >= 3
+        for k, i in enumerate(rows):  # window k's first context token is context token k * step
+            first = next(o for o in ev[i]["offset_mapping"] if o is not None)
+            assert tuple(first) == tuple(ctx["offset_mapping"][k * step])
+    assert several >= 3
+    # the same number 128 read as an overlap (ours) steps by room - 128 (about 240 tokens): fewer windows
+    ov = squad.build_eval_features(subset, minilm, max_length=max_length, stride=step)
+    assert len(set(ov["example_id"])) == len(subset) and len(ov) < len(ev)
+    # every gold answer still lies wholly inside some training window
+    cls = _cls_positions(tr, minilm)
+    found = {ev[i]["example_id"] for i in range(len(tr)) if tr[i]["start_positions"] != cls[i]}
+    assert found == set(subset["id"])
+
+
+def test_step_overlaps_and_bad_stride_mode(minilm):
+    # "Who won?" -> 3 tokens: room = 64 - 3 - 3 = 58; overlap = 58 - 20
+    assert squad.step_overlaps(["Who won?"], minilm, 64, 20) == [38]
+    assert squad.step_overlaps(["Who won?"], minilm, 64, 60) == [0]  # step > room: no overlap (documented)
+    with pytest.raises(ValueError, match="stride_mode"):
+        squad.prepare_eval_features({"id": ["a"], "question": ["q"], "context": ["c"]}, minilm, 64, 16,
+                                    stride_mode="gap")
+
+
+def test_tokenize_task_passes_stride_mode(subset, minilm):
+    from datasets import DatasetDict
+
+    dd = DatasetDict({"train": subset.select(range(5)), "validation": subset})
+    step = tokenize_task("squad", dd, minilm, max_length=384, stride=128, stride_mode="step")
+    overlap = tokenize_task("squad", dd, minilm, max_length=384, stride=128)
+    assert len(step["validation"]) > len(overlap["validation"])

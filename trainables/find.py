@@ -31,7 +31,7 @@ def find_trainable(config: dict[str, Any], shared: SharedText | None = None) -> 
 
     with resume_dir() as ckpt:
         if ckpt is not None and (ckpt / CHECKPOINT_FILE).is_file():  # restore Tune's checkpoint into the store
-            partial = store.root / "partial" / spec.ticket_id
+            partial = store.root / "partial" / spec.run_spec().ticket_id
             partial.mkdir(parents=True, exist_ok=True)
             (partial / CHECKPOINT_FILE).write_bytes((ckpt / CHECKPOINT_FILE).read_bytes())
     # content-addressed: a ticket already in the store is reused, never trained twice
