@@ -6,6 +6,9 @@
     run_search.py resume EXPERIMENT_DIR        continue an interrupted experiment (errored trials retried)
     run_search.py report EXPERIMENT_DIR        tables, correlations, figures, report.md
     run_search.py list                         the search spaces shipped in search_spaces/
+    run_search.py export TICKET [--store DIR] [--out DIR] [--overwrite]
+                                               a ticket as a Hugging Face model dir (masks baked in)
+    run_search.py tickets [STORE]              the tickets of a store (default results/) and who used them
 
 SPACE is a YAML file or the name of one in search_spaces/ (e.g. `demo`). Tickets are content-addressed in
 <tickets>/tickets/<id>/ (default: the storage dir), so no finder config is trained twice across experiments that
@@ -64,6 +67,13 @@ def _parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="write the analysis report of an experiment")
     rep.add_argument("experiment")
     sub.add_parser("list", help="list the search spaces")
+    ex = sub.add_parser("export", help="export a ticket as a Hugging Face model directory (masks baked in)")
+    ex.add_argument("ticket", metavar="TICKET", help="ticket id in the store, or a ticket directory")
+    ex.add_argument("--store", default="results", metavar="DIR", help="ticket store dir holding tickets/<id>/ (default results/)")
+    ex.add_argument("--out", default=None, metavar="DIR", help="output directory (default exported/<id>)")
+    ex.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    tk = sub.add_parser("tickets", help="list the tickets of a store and the experiments that used them")
+    tk.add_argument("store", nargs="?", default="results", metavar="STORE", help="ticket store dir (default results/)")
     return p
 
 
@@ -74,7 +84,8 @@ def main(argv=None) -> int:
     from search import experiment
 
     return {"run": experiment.cmd_run, "resume": experiment.cmd_resume, "report": experiment.cmd_report,
-            "list": experiment.cmd_list}[args.cmd](args)
+            "list": experiment.cmd_list, "export": experiment.cmd_export,
+            "tickets": experiment.cmd_tickets}[args.cmd](args)
 
 
 if __name__ == "__main__":

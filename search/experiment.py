@@ -106,3 +106,32 @@ def cmd_list(args) -> int:
         desc = (yaml.safe_load(p.read_text()) or {}).get("description", "").strip().splitlines()
         print(f"{p.stem:<22} {desc[0] if desc else ''}")
     return EXIT_OK
+
+
+def cmd_export(args) -> int:
+    from sparsebert.ticket import TicketError
+
+    from .tickets import export_ticket
+
+    try:
+        out = export_ticket(args.ticket, args.out, store=args.store, overwrite=args.overwrite)
+    except (TicketError, FileExistsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(f"exported ticket {args.ticket} to {out}")
+    return EXIT_OK
+
+
+def cmd_tickets(args) -> int:
+    from .tickets import format_table, ticket_table
+
+    try:
+        df = ticket_table(args.store)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if df.empty:
+        print(f"no tickets in {Path(args.store) / 'tickets'}")
+        return EXIT_OK
+    print(format_table(df))
+    return EXIT_OK
