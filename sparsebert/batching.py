@@ -11,7 +11,7 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from .data import PaddedSequences
+from .kd_data import PaddedSequences
 from .objectives import mlm_targets
 
 
@@ -49,7 +49,7 @@ def iterate_batches(blocks, batch_size: int, seed: int, start_step: int = 0) -> 
     """Infinite ``(step, batch)`` from ``start_step`` on, over shuffled epochs (:func:`epoch_permutation`); the last
     partial batch of each epoch is dropped.
 
-    ``blocks`` a tensor -> batches are ``blocks[idx]`` (one indexing op); a :class:`~sparsebert.data.PaddedSequences`
+    ``blocks`` a tensor -> batches are ``blocks[idx]`` (one indexing op); a :class:`~sparsebert.kd_data.PaddedSequences`
     or a dict of [N, L] tensors (padded KD paragraphs) -> a dict of int64 tensors, each indexed once
     (``{"input_ids", "attention_mask"[, "token_type_ids"]}``); a list (variable-length KD paragraphs) -> lists of
     its items (pad them with :func:`pad_batch`). The batch at step k is the same whether iteration began at 0 or k.
@@ -132,7 +132,7 @@ def pretraining_batches(blocks, batch_size: int, seed: int, start_step: int = 0,
     """The CPU batches of TAMT, IMP and MLM-head fitting: block slices (:func:`iterate_batches`), MLM-masked with
     the step's own generator when a ``tokenizer`` is given (``{"input_ids"}`` alone otherwise).
 
-    Padded KD paragraphs (a :class:`~sparsebert.data.PaddedSequences` or dict of tensors) give batches with the same
+    Padded KD paragraphs (a :class:`~sparsebert.kd_data.PaddedSequences` or dict of tensors) give batches with the same
     keys plus the data's own: ``attention_mask`` (Long [B, L], 1 = real token) and, for the reference's A/B pairs,
     ``token_type_ids`` (Long [B, L]); MLM masking never touches padding."""
     for step, ids in iterate_batches(blocks, batch_size, seed, start_step):

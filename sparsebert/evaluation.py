@@ -62,7 +62,7 @@ def _model_kwargs(model, extra: dict) -> dict:
 
 def _chunks(blocks, batch_size: int) -> list:
     if isinstance(blocks, Mapping):
-        from .data import PaddedSequences
+        from .kd_data import PaddedSequences
 
         blocks = PaddedSequences(dict(blocks))
     return [blocks[i : i + batch_size] for i in range(0, len(blocks), batch_size)]

@@ -60,17 +60,14 @@ def mlm_loss_from_hidden(model, last_hidden: torch.Tensor, labels: torch.Tensor)
     return mlm_loss_at(model, last_hidden, positions, targets)
 
 
-def kd_loss(
-    student_hidden: tuple[torch.Tensor, ...],
-    teacher_hidden: tuple[torch.Tensor, ...],
-    attention_mask: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Mean over layers (hidden_states[1:]) of the mean over real tokens of 1 - cosine similarity."""
+def _layer_mean(student_hidden, teacher_hidden, attention_mask, distance) -> torch.Tensor:
+    """Mean over layers (hidden_states[1:], the embedding output excluded) of the mean over tokens (the real ones
+    when ``attention_mask`` is given) of ``distance(h_student, h_teacher)`` -> [B, T]."""
     if len(student_hidden) != len(teacher_hidden):
         raise ValueError(f"student has {len(student_hidden)} hidden states, teacher {len(teacher_hidden)}")
     losses = []
     for hs, ht in zip(student_hidden[1:], teacher_hidden[1:]):
-        d = (1.0 - F.cosine_similarity(hs.float(), ht.float(), dim=-1)).clamp_min(0.0)  # [B, T]
+        d = distance(hs.float(), ht.float())  # [B, T]
         if attention_mask is None:
             losses.append(d.mean())
         else:
@@ -78,6 +75,15 @@ def kd_loss(
             losses.append((d * m).sum() / m.sum().clamp_min(1.0))
     return torch.stack(losses).mean()
 
+
+def kd_loss(
+    student_hidden: tuple[torch.Tensor, ...],
+    teacher_hidden: tuple[torch.Tensor, ...],
+    attention_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mean over layers (hidden_states[1:]) of the mean over real tokens of 1 - cosine similarity."""
+    return _layer_mean(student_hidden, teacher_hidden, attention_mask,
+                       lambda a, b: (1.0 - F.cosine_similarity(a, b, dim=-1)).clamp_min(0.0))
 
 
 def kd_mse_loss(
@@ -88,14 +94,5 @@ def kd_mse_loss(
     """The reference's ``full_mse`` representation loss (eval_kd.py): mean over layers (hidden_states[1:]) of
     ``MSELoss()`` (mean over every position and hidden dim, padding included) between student and teacher.
     With ``attention_mask``: the mean over real tokens only (and all dims)."""
-    if len(student_hidden) != len(teacher_hidden):
-        raise ValueError(f"student has {len(student_hidden)} hidden states, teacher {len(teacher_hidden)}")
-    losses = []
-    for hs, ht in zip(student_hidden[1:], teacher_hidden[1:]):
-        d = (hs.float() - ht.float()).pow(2).mean(dim=-1)  # [B, T]
-        if attention_mask is None:
-            losses.append(d.mean())
-        else:
-            m = attention_mask.to(d.dtype)
-            losses.append((d * m).sum() / m.sum().clamp_min(1.0))
-    return torch.stack(losses).mean()
+    return _layer_mean(student_hidden, teacher_hidden, attention_mask, lambda a, b: (a - b).pow(2).mean(dim=-1))
+

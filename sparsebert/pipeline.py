@@ -20,7 +20,8 @@ from typing import Callable
 
 import torch
 
-from .data import TextDataConfig, text_data
+from .data import TextDataConfig
+from .kd_data import text_data
 from .evaluation import evaluate_kd, evaluate_mlm
 from .finders import DEFAULT_TEXT, FindContext, FinderSpec, finder_spec
 from .masking import apply_masks
@@ -59,7 +60,7 @@ class EvalSpec:
 
 class SharedText:
     """Tokenized train/validation data for one text config, built once (driver) and shared with trials: a
-    LongTensor [N, block_size] for ``kind: blocks`` (the default), a :class:`sparsebert.data.PaddedSequences`
+    LongTensor [N, block_size] for ``kind: blocks`` (the default), a :class:`sparsebert.kd_data.PaddedSequences`
     (input_ids / attention_mask [/ token_type_ids], [N, block_size]) for ``kind: paragraphs``."""
 
     def __init__(self, blocks: dict[str, dict[str, torch.Tensor]] | None = None):

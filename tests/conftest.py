@@ -44,6 +44,12 @@ def tok():
 
 
 @pytest.fixture(scope="session")
+def bert_tok(tok):
+    """The same tokenizer under the name the text-pipeline tests use."""
+    return tok
+
+
+@pytest.fixture(scope="session")
 def tiny(tmp_path_factory):
     """A tiny random 2-layer BERT (hidden 32) with an MLM head and a pooler, as a local HF dir."""
     from sparsebert.models import tiny_model_dir

@@ -50,3 +50,21 @@ def write_qqp(root: Path, pairs: list[tuple[str, str]]) -> Path:
     (d / "train.tsv").write_text("\n".join([header] + rows[:half]) + "\n")
     (d / "dev.tsv").write_text("\n".join([header] + rows[half:]) + "\n")
     return root
+
+
+#: WikiText-style lines (headings, blank lines, short and long paragraphs) for text-pipeline tests
+WIKI_LINES = [
+    " ",
+    " = First Article = ",
+    " ",
+    " The first article has a paragraph that is long enough to survive the minimum token filter of the KD data . ",
+    " Short line . ",
+    " ",
+    " = = A Section = = ",
+    " ",
+    " Another paragraph of the first article , with words and numbers such as 1 @,@ 024 and some more words in it . ",
+    " ",
+    " = Second Article = ",
+    " ",
+    " The second article is about something else entirely and it too has a fairly long paragraph of plain words . ",
+]

@@ -15,36 +15,10 @@ import torch
 
 from sparsebert import batching as B
 from sparsebert import data as D
-from sparsebert.embedded import EMBEDDED_MODEL, resolve_model_path
+from sparsebert import kd_data as K
 
-WIKI_LINES = [
-    " ",
-    " = First Article = ",
-    " ",
-    " The first article has a paragraph that is long enough to survive the minimum token filter of the KD data . ",
-    " Short line . ",
-    " ",
-    " = = A Section = = ",
-    " ",
-    " Another paragraph of the first article , with words and numbers such as 1 @,@ 024 and some more words in it . ",
-    " ",
-    " = Second Article = ",
-    " ",
-    " The second article is about something else entirely and it too has a fairly long paragraph of plain words . ",
-]
+from helpers import WIKI_LINES
 
-
-@pytest.fixture(scope="module")
-def bert_tok():
-    from transformers import AutoTokenizer
-
-    try:
-        path = resolve_model_path(EMBEDDED_MODEL)
-    except ImportError as exc:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(str(exc))
-    return AutoTokenizer.from_pretrained(path)
 
 
 @pytest.fixture(scope="module")
@@ -228,29 +202,29 @@ def test_embedded_source(bert_tok, cache):
 
 def test_kd_paragraphs(bert_tok, wiki_dir, cache):
     cfg = D.TextDataConfig(source=str(wiki_dir), cache_dir=cache)
-    paras = D.kd_paragraphs(cfg, bert_tok, "validation", min_tokens=12, max_tokens=20)
+    paras = K.kd_paragraphs(cfg, bert_tok, "validation", min_tokens=12, max_tokens=20)
     # 3 long paragraphs kept; headings, blank and short lines dropped
     assert len(paras) == 3
     for p in paras:
         assert p[0] == bert_tok.cls_token_id and p[-1] == bert_tok.sep_token_id and len(p) == 20  # truncated
     assert bert_tok.decode(paras[0][1:4]) == "the first article"
     assert bert_tok.decode(paras[2][1:4]) == "the second article"
-    untruncated = D.kd_paragraphs(cfg, bert_tok, "validation", min_tokens=12, max_tokens=512)
+    untruncated = K.kd_paragraphs(cfg, bert_tok, "validation", min_tokens=12, max_tokens=512)
     assert [len(p) for p in untruncated] == [len(bert_tok(WIKI_LINES[i])["input_ids"]) for i in (3, 8, 12)]
     n = D.STATS["tokenize_paragraphs"]
-    assert D.kd_paragraphs(cfg, bert_tok, "validation", min_tokens=12, max_tokens=20) == paras
+    assert K.kd_paragraphs(cfg, bert_tok, "validation", min_tokens=12, max_tokens=20) == paras
     assert D.STATS["tokenize_paragraphs"] == n  # served from the JSON-lines cache
-    assert D.paragraphs_cache_path(cfg, bert_tok, "validation", 12, 20).suffix == ".jsonl"
-    capped = D.kd_paragraphs(D.TextDataConfig(source=str(wiki_dir), cache_dir=cache, max_blocks=2), bert_tok,
+    assert K.paragraphs_cache_path(cfg, bert_tok, "validation", 12, 20).suffix == ".jsonl"
+    capped = K.kd_paragraphs(D.TextDataConfig(source=str(wiki_dir), cache_dir=cache, max_blocks=2), bert_tok,
                              "validation", min_tokens=12, max_tokens=20)
     assert capped == paras[:2]
 
 
 def test_kd_paragraphs_real_wikitext2(bert_tok, wikitext2_dir, cache):
     cfg = D.TextDataConfig(source=str(wikitext2_dir), cache_dir=cache)
-    paras = D.kd_paragraphs(cfg, bert_tok, "validation")
+    paras = K.kd_paragraphs(cfg, bert_tok, "validation")
     raw = (wikitext2_dir / "wiki.valid.raw").read_text(encoding="utf-8").split("\n")
-    n_text = sum(1 for ln in raw if ln.strip() and not D.is_heading(ln))
+    n_text = sum(1 for ln in raw if ln.strip() and not K.is_heading(ln))
     assert 1000 < len(paras) <= n_text
     assert all(22 <= len(p) <= 512 for p in paras)
     assert not any(bert_tok.decode(p[1:3]).startswith("=") for p in paras)
@@ -258,7 +232,7 @@ def test_kd_paragraphs_real_wikitext2(bert_tok, wikitext2_dir, cache):
     kept = [ln for ln in raw if ln.strip() and not ln.startswith(" =")]
     ids = bert_tok(kept, add_special_tokens=False)["input_ids"]
     assert paras == [[bert_tok.cls_token_id] + t[:510] + [bert_tok.sep_token_id] for t in ids if len(t) >= 20]
-    short = D.kd_paragraphs(cfg, bert_tok, "validation", max_tokens=128)
+    short = K.kd_paragraphs(cfg, bert_tok, "validation", max_tokens=128)
     assert len(short) == len(paras) and max(map(len, short)) == 128
 
 

@@ -3,7 +3,6 @@ evaluation knobs (kd_loss_cos / kd_loss_mse, reductions)."""
 
 from __future__ import annotations
 
-import os
 from types import SimpleNamespace
 
 import pytest
@@ -12,38 +11,13 @@ from torch import nn
 
 from sparsebert import batching as B
 from sparsebert import data as D
+from sparsebert import kd_data as K
 from sparsebert import evaluation as E
-from sparsebert.embedded import EMBEDDED_MODEL, resolve_model_path
+from sparsebert.embedded import EMBEDDED_MODEL
 from sparsebert.objectives import kd_loss, kd_mse_loss
 
-WIKI_LINES = [
-    " ",
-    " = First Article = ",
-    " ",
-    " The first article has a paragraph that is long enough to survive the minimum token filter of the KD data . ",
-    " Short line . ",
-    " ",
-    " = = A Section = = ",
-    " ",
-    " Another paragraph of the first article , with words and numbers such as 1 @,@ 024 and some more words in it . ",
-    " ",
-    " = Second Article = ",
-    " ",
-    " The second article is about something else entirely and it too has a fairly long paragraph of plain words . ",
-]
+from helpers import WIKI_LINES
 
-
-@pytest.fixture(scope="module")
-def tok():
-    from transformers import AutoTokenizer
-
-    try:
-        path = resolve_model_path(EMBEDDED_MODEL)
-    except ImportError as exc:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(str(exc))
-    return AutoTokenizer.from_pretrained(path)
 
 
 @pytest.fixture
@@ -88,9 +62,9 @@ def test_old_text_dicts_keep_their_ids():
 
 def test_line_grouping_matches_kd_paragraphs_padded(tok, wiki_dir, tmp_path):
     cfg = _cfg(wiki_dir, tmp_path, block_size=24)
-    seqs = D.kd_sequences(cfg, tok, "validation", min_tokens=12)
-    paras = D.kd_paragraphs(cfg, tok, "validation", min_tokens=12, max_tokens=24)
-    assert isinstance(seqs, D.PaddedSequences) and seqs.shape == (len(paras), 24) == (3, 24)
+    seqs = K.kd_sequences(cfg, tok, "validation", min_tokens=12)
+    paras = K.kd_paragraphs(cfg, tok, "validation", min_tokens=12, max_tokens=24)
+    assert isinstance(seqs, K.PaddedSequences) and seqs.shape == (len(paras), 24) == (3, 24)
     assert sorted(seqs.keys()) == ["attention_mask", "input_ids"]
     for i, p in enumerate(paras):
         n = int(seqs["attention_mask"][i].sum())
@@ -98,17 +72,17 @@ def test_line_grouping_matches_kd_paragraphs_padded(tok, wiki_dir, tmp_path):
         assert (seqs["input_ids"][i, n:] == tok.pad_token_id).all()
     # cached: the second call does not tokenize
     before = D.STATS["tokenize_kd_sequences"]
-    again = D.kd_sequences(cfg, tok, "validation", min_tokens=12)
+    again = K.kd_sequences(cfg, tok, "validation", min_tokens=12)
     assert D.STATS["tokenize_kd_sequences"] == before and torch.equal(again["input_ids"], seqs["input_ids"])
     assert len(seqs[:2]) == 2 and torch.equal(seqs[:2]["input_ids"], seqs["input_ids"][:2])
 
 
 def test_random_ends_truncation(tok, wiki_dir, tmp_path):
     L = 12
-    head = D.kd_sequences(_cfg(wiki_dir, tmp_path, block_size=L), tok, "train", min_tokens=12)
-    rnd = D.kd_sequences(_cfg(wiki_dir, tmp_path, block_size=L, kd_truncation="random_ends"), tok, "train",
+    head = K.kd_sequences(_cfg(wiki_dir, tmp_path, block_size=L), tok, "train", min_tokens=12)
+    rnd = K.kd_sequences(_cfg(wiki_dir, tmp_path, block_size=L, kd_truncation="random_ends"), tok, "train",
                          min_tokens=12)
-    full = D.kd_sequences(_cfg(wiki_dir, tmp_path, block_size=64), tok, "train", min_tokens=12)
+    full = K.kd_sequences(_cfg(wiki_dir, tmp_path, block_size=64), tok, "train", min_tokens=12)
     assert len(rnd) == len(head) == len(full) == 60
     moved = 0
     for i in range(len(rnd)):
@@ -124,9 +98,9 @@ def test_random_ends_truncation(tok, wiki_dir, tmp_path):
 
 def test_reference_grouping_and_one_token_corruption(tok, wiki_dir, tmp_path):
     L = 40
-    clean = D.kd_sequences(_cfg(wiki_dir, tmp_path, block_size=L, kd_grouping="reference",
+    clean = K.kd_sequences(_cfg(wiki_dir, tmp_path, block_size=L, kd_grouping="reference",
                                 kd_truncation="random_ends"), tok, "train", min_tokens=12)
-    dirty = D.kd_sequences(_cfg(wiki_dir, tmp_path, block_size=L, kd_grouping="reference",
+    dirty = K.kd_sequences(_cfg(wiki_dir, tmp_path, block_size=L, kd_grouping="reference",
                                 kd_truncation="random_ends", kd_corruption="one_token"), tok, "train", min_tokens=12)
     assert sorted(clean.keys()) == ["attention_mask", "input_ids", "token_type_ids"]
     assert torch.equal(clean["attention_mask"], dirty["attention_mask"])
@@ -146,10 +120,10 @@ def test_reference_grouping_and_one_token_corruption(tok, wiki_dir, tmp_path):
     for special in (tok.cls_token_id, tok.sep_token_id, tok.pad_token_id):
         assert not (clean["input_ids"][clean["input_ids"] != dirty["input_ids"]] == special).any()
     # the build-time randomness is seeded: same seed, same data; another seed, other data
-    again = D.kd_sequences(_cfg(wiki_dir, tmp_path / "x", block_size=L, kd_grouping="reference",
+    again = K.kd_sequences(_cfg(wiki_dir, tmp_path / "x", block_size=L, kd_grouping="reference",
                                 kd_truncation="random_ends", kd_corruption="one_token"), tok, "train", min_tokens=12)
     assert torch.equal(again["input_ids"], dirty["input_ids"])
-    other = D.kd_sequences(_cfg(wiki_dir, tmp_path, block_size=L, kd_grouping="reference", kd_seed=1,
+    other = K.kd_sequences(_cfg(wiki_dir, tmp_path, block_size=L, kd_grouping="reference", kd_seed=1,
                                 kd_truncation="random_ends", kd_corruption="one_token"), tok, "train", min_tokens=12)
     assert not torch.equal(other["input_ids"], dirty["input_ids"])
 
@@ -159,9 +133,9 @@ def test_reference_groups_rule():
     still open at the end of the file is kept unfiltered."""
     lines = ["", "h", "", "a", "b", "", "c", "", "d"]
     ids = [[], [5, 9], [], list(range(10, 30)), [1], [], list(range(10, 29)), [], [3]]
-    docs = D._reference_groups(lines, ids, {9}, 20)
+    docs = K._reference_groups(lines, ids, {9}, 20)
     assert docs == [[list(range(10, 30)), [1]], [[3]]]
-    assert D._reference_groups(["x", ""], [[9] + list(range(10, 30)), []], {9}, 20) == []
+    assert K._reference_groups(["x", ""], [[9] + list(range(10, 30)), []], {9}, 20) == []
 
 
 def test_shared_text_paragraphs(tok, wiki_dir, tmp_path):
@@ -169,7 +143,7 @@ def test_shared_text_paragraphs(tok, wiki_dir, tmp_path):
 
     text = {"source": str(wiki_dir), "cache_dir": str(tmp_path / "c"), "block_size": 32, "kind": "paragraphs"}
     got = SharedText().get(EMBEDDED_MODEL, text, "validation")
-    assert isinstance(got, D.PaddedSequences) and got.shape[1] == 32
+    assert isinstance(got, K.PaddedSequences) and got.shape[1] == 32
     blocks = SharedText().get(EMBEDDED_MODEL, {k: v for k, v in text.items() if k != "kind"}, "validation")
     assert isinstance(blocks, torch.Tensor) and blocks.dtype == torch.long
 
@@ -184,7 +158,7 @@ def _seqs(n=10, L=8, types=True):
     t = {"input_ids": ids.to(torch.int32), "attention_mask": am}
     if types:
         t["token_type_ids"] = torch.zeros(n, L, dtype=torch.int8)
-    return D.PaddedSequences(t)
+    return K.PaddedSequences(t)
 
 
 def test_iterate_batches_padded_sequences_resume():
