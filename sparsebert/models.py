@@ -18,7 +18,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoTokeni
 from transformers import logging as hf_logging
 
 from .embedded import EMBEDDED_MODEL
-from .registry import SUPPORTED_MODEL_TYPES, UnsupportedModelError
+from .registry import SUPPORTED_MODEL_TYPES, UnsupportedModelError, weight_of
 
 
 def resolve(name: str) -> str:
@@ -75,8 +75,6 @@ class PretrainingModel(nn.Module):
         """Vocabulary logits for the given hidden rows (call it on masked positions only: ~1.5x cheaper)."""
         emb = self.base.embeddings.word_embeddings
         if self.dense_decoder:
-            from .registry import weight_of
-
             decoder = weight_of(emb)  # the stored (unmasked) embedding
         else:
             decoder = emb.weight  # masked if the embedding is masked
@@ -85,8 +83,6 @@ class PretrainingModel(nn.Module):
     def head_params(self) -> list[nn.Parameter]:
         """The MLM head's transform and bias (never the decoder: it is the frozen word embedding)."""
         emb = self.base.embeddings.word_embeddings
-        from .registry import weight_of
-
         tied = weight_of(emb)
         return [p for p in self.head.parameters() if p is not tied]
 

@@ -107,8 +107,8 @@ class TAMT:
             raise ValueError("TAMT-MLM needs a pre-trained (or fitted) MLM head; see sparsebert.mlm_head")
         for p in model.parameters():
             p.requires_grad_(False)
-        # The teacher is the dense pre-trained encoder (a frozen copy, made before masks are applied).
-        self.teacher = copy.deepcopy(model.base).eval() if self.objective.uses_kd else None
+        # the dense teacher: a frozen copy made before masks are applied; its mode is set once (evaluation restores it)
+        self.teacher = copy.deepcopy(model.base).train(cfg.teacher_train_mode) if self.objective.uses_kd else None
         weights = prunable_weights(model.base)
         if cfg.init is MaskInit.OMP:
             init = magnitude_masks(weights, cfg.sparsity)
@@ -154,7 +154,6 @@ class TAMT:
                 parts["mlm"] = mlm_loss_at(self.model, out.last_hidden_state, batch["positions"], batch["targets"])
         if self.objective.uses_kd:
             with torch.no_grad():
-                self.teacher.train(self.cfg.teacher_train_mode)
                 teacher_hidden = self.teacher(ids, attention_mask=batch.get("attention_mask"),
                                               token_type_ids=batch.get("token_type_ids"),
                                               output_hidden_states=True).hidden_states
