@@ -2,8 +2,9 @@
 """Lottery-ticket search for BERT on Ray Tune.
 
     run_search.py run SPACE [--smoke] [--storage DIR|URI] [--name NAME] [--address ADDR] [--cpus N] [--gpus N]
-                      [--dry-run]
-    run_search.py resume EXPERIMENT_DIR        continue an interrupted experiment (errored trials retried)
+                      [--dry-run] [--executor ray|local [--workers N] [--shard K/N] [--exclude K=V,...]]
+    run_search.py resume EXPERIMENT_DIR [--executor local ...]
+                                               continue an interrupted experiment (errored trials retried)
     run_search.py report EXPERIMENT_DIR        tables, correlations, figures, report.md
     run_search.py list                         the search spaces shipped in search_spaces/
     run_search.py export TICKET [--store DIR] [--out DIR] [--overwrite]
@@ -24,6 +25,11 @@ single-machine run opens no port to others). With --address the cluster's own au
 RAY_AUTH_MODE=token and share ~/.ray/auth_token, see README). Multi-node runs need --storage on a path (or URI)
 every node can reach.
 
+Executors: `ray` (default) runs the trials as a Ray Tune experiment (schedulers, searchers, clusters). `local` runs a
+grid space's trials to the end in a pool of worker processes on this machine without importing Ray (a GPU box
+without Ray; see search/local.py); `--shard K/N` runs one part, and `resume --executor local --shard ...` the next
+part in the same directory. Both write the same results files.
+
 Exit codes: 0 all trials finished; 1 some trials failed; 2 bad input (nothing was run or written);
 3 Ray/infrastructure error; 130 interrupted (partial results written).
 """
@@ -40,6 +46,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from search import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INFRA, EXIT_INTERRUPTED, EXIT_OK  # noqa: E402,F401
 
 
+def _executor_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--executor", choices=("ray", "local"), default="ray",
+                   help="ray: a Ray Tune experiment (default); local: worker processes on this machine, no Ray "
+                        "(grid spaces, fifo scheduler)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="local executor: concurrent trials (default: CPUs / resources.cpu, capped at GPUs / "
+                        "resources.gpu where trials reserve a GPU)")
+    p.add_argument("--shard", default=None, metavar="K/N",
+                   help="local executor: run only the K-th of N parts (whole tickets per part)")
+    p.add_argument("--exclude", action="append", default=None, metavar="KEY=VALUE[,KEY=VALUE]",
+                   help="local executor: leave out the trials matching every pair (e.g. transfer.task=sst2,"
+                        "transfer.seed=2); repeatable; they stay pending for a later run")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -54,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--gpus", type=int, default=None,
                    help="GPUs for a local Ray (default: the ones torch sees); trials take resources.gpu each")
     r.add_argument("--max-concurrent", type=int, default=None, help="cap concurrent trials")
+    _executor_args(r)
     r.add_argument("--dry-run", action="store_true", help="validate and print the trial count; run nothing")
     r.add_argument("--overwrite", action="store_true", help="delete an existing experiment of the same name")
     r.add_argument("--no-shared-inputs", action="store_true",
@@ -64,8 +85,11 @@ def _parser() -> argparse.ArgumentParser:
     res.add_argument("--address", default=os.environ.get("RAY_ADDRESS"))
     res.add_argument("--cpus", type=int, default=None)
     res.add_argument("--gpus", type=int, default=None)
+    _executor_args(res)
     rep = sub.add_parser("report", help="write the analysis report of an experiment")
     rep.add_argument("experiment")
+    rep.add_argument("--exclude-stopped", action="store_true",
+                     help="leave out transfer trials the scheduler (ASHA) stopped early (default: keep and mark them)")
     sub.add_parser("list", help="list the search spaces")
     ex = sub.add_parser("export", help="export a ticket as a Hugging Face model directory (masks baked in)")
     ex.add_argument("ticket", metavar="TICKET", help="ticket id in the store, or a ticket directory")

@@ -7,6 +7,9 @@ Confidence intervals are **percentile bootstrap intervals from a seeded numpy re
 degenerate (constant x or y, correlation undefined); scipy then returns NaN intervals, while we drop those
 resamples and report how many were used (``n_boot_used``). Groups with n < 3 (or constant x or y) are reported
 with NaN statistics and their n.
+
+``n_stopped`` counts the points whose score is (or, for a per-ticket mean, includes) one of a trial the scheduler
+stopped early, a lower bound; the ``note`` then says "k of n points cut short".
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from .results_io import stopped_mask
+
 MIN_N = 3
 COEFS = ("pearson", "spearman", "kendall")
 
@@ -26,7 +31,7 @@ RESULT_COLUMNS = [
     "pearson", "pearson_p", "pearson_ci_low", "pearson_ci_high",
     "spearman", "spearman_p", "spearman_ci_low", "spearman_ci_high",
     "kendall", "kendall_p", "kendall_ci_low", "kendall_ci_high",
-    "n_boot_used", "note",
+    "n_boot_used", "note", "n_stopped",
 ]  # fmt: skip
 
 
@@ -88,7 +93,7 @@ def bootstrap(x: np.ndarray, y: np.ndarray, n_boot: int = 1000, seed: int = 0, c
 
 def _one(x: np.ndarray, y: np.ndarray, n_boot: int, seed: int, ci: float) -> dict[str, Any]:
     n = len(x)
-    row: dict[str, Any] = {c: np.nan for c in RESULT_COLUMNS[5:]}
+    row: dict[str, Any] = {c: np.nan for c in RESULT_COLUMNS[5:-1]}
     row["n"] = n
     row["n_boot_used"] = 0
     row["note"] = ""
@@ -103,6 +108,15 @@ def _one(x: np.ndarray, y: np.ndarray, n_boot: int, seed: int, ci: float) -> dic
     return row
 
 
+def _stopped_note(flags: pd.Series, note: str = "") -> dict[str, Any]:
+    """``n_stopped`` and the note extended with "k of n points cut short" (unchanged when none was)."""
+    k, n = int(flags.sum()), len(flags)
+    if not k:
+        return {"n_stopped": 0}
+    extra = f"{k} of {n} points cut short (lower bounds)"
+    return {"n_stopped": k, "note": f"{note}; {extra}" if note else extra}
+
+
 def correlate(
     df: pd.DataFrame,
     x: str,
@@ -111,31 +125,35 @@ def correlate(
     n_boot: int = 1000,
     seed: int = 0,
     ci: float = 0.95,
+    stopped: str | None = None,
 ) -> pd.DataFrame:
     """Pearson/Spearman/Kendall of ``df[x]`` vs ``df[y]``, overall (group "all") and within each ``by`` group.
 
     Rows with NaN in x or y are dropped first. Returns one row per group with columns :data:`RESULT_COLUMNS`;
-    a missing x/y/by column gives NaN rows with a note instead of an error."""
+    a missing x/y/by column gives NaN rows with a note instead of an error. ``stopped``: a boolean column marking
+    cut-short points, counted into ``n_stopped`` (0 without it)."""
     rows: list[dict[str, Any]] = []
     base = {"x": x, "y": y, "by": by}
     missing = [c for c in (x, y) if c not in df.columns]
     if missing:
         r = _one(np.array([]), np.array([]), n_boot, seed, ci)
         r["note"] = f"missing column(s) {missing}"
-        return pd.DataFrame([{**base, "group": "all", **r}], columns=RESULT_COLUMNS)
+        return pd.DataFrame([{**base, "group": "all", **r, "n_stopped": 0}], columns=RESULT_COLUMNS)
     d = df[[x, y] + ([by] if by is not None and by in df.columns else [])].copy()
+    d["_stopped"] = df[stopped].eq(True) if stopped is not None and stopped in df.columns else False
     d[x] = pd.to_numeric(d[x], errors="coerce")
     d[y] = pd.to_numeric(d[y], errors="coerce")
     d = d[np.isfinite(d[x].to_numpy(float)) & np.isfinite(d[y].to_numpy(float))]
-    rows.append({**base, "group": "all", **_one(d[x].to_numpy(float), d[y].to_numpy(float), n_boot, seed, ci)})
+    r = _one(d[x].to_numpy(float), d[y].to_numpy(float), n_boot, seed, ci)
+    rows.append({**base, "group": "all", **r, **_stopped_note(d["_stopped"], r["note"])})
     if by is not None:
         if by not in df.columns:
             rows.append({**base, "group": None, **_one(np.array([]), np.array([]), 0, seed, ci),
-                         "note": f"missing column {by!r}"})  # fmt: skip
+                         "note": f"missing column {by!r}", "n_stopped": 0})  # fmt: skip
         else:
             for g, sub in d.groupby(by, sort=True, dropna=True):
                 r = _one(sub[x].to_numpy(float), sub[y].to_numpy(float), n_boot, seed, ci)
-                rows.append({**base, "group": g, **r})
+                rows.append({**base, "group": g, **r, **_stopped_note(sub["_stopped"], r["note"])})
     return pd.DataFrame(rows, columns=RESULT_COLUMNS)
 
 
@@ -157,8 +175,9 @@ def loss_score_correlations(
 ) -> pd.DataFrame:
     """The paper's analysis: each loss vs downstream score, overall and per sparsity, per task and for the average.
 
-    Per task, seeds are first averaged per (ticket, task) so a ticket counts once. Returns the rows of
-    :func:`correlate` with a leading ``task`` column ("average" for the over-task average).
+    Per task, seeds are first averaged per (ticket, task) so a ticket counts once (cut short when any of its
+    seeds' trials was, see :func:`analysis.results_io.stopped_mask`). Returns the rows of :func:`correlate` with a
+    leading ``task`` column ("average" for the over-task average).
 
     ``losses`` None: :data:`LOSSES` (mlm_loss, kd_loss: always, a missing column gives a "missing" row) plus each
     of :data:`OPTIONAL_LOSSES` (kd_loss_mse, the reference's full_mse KD loss) that ``tidy`` or ``avg`` holds values
@@ -169,19 +188,21 @@ def loss_score_correlations(
     parts = []
     if tidy is not None and len(tidy) and "task" in tidy.columns and score in tidy.columns:
         key = "ticket_id" if "ticket_id" in tidy.columns else None
-        for task, sub in tidy.groupby("task", sort=True):
+        for task, sub in tidy.assign(_stopped=stopped_mask(tidy)).groupby("task", sort=True):
             if key is not None:
                 cols = [c for c in (*losses, by) if c in sub.columns]
                 agg = {c: "first" for c in cols}
                 agg[score] = "mean"
+                agg["_stopped"] = "any"
                 sub = sub.groupby(key, dropna=False).agg(agg).reset_index()
             for loss in losses:
-                r = correlate(sub, loss, score, by=by, n_boot=n_boot, seed=seed, ci=ci)
+                r = correlate(sub, loss, score, by=by, n_boot=n_boot, seed=seed, ci=ci, stopped="_stopped")
                 r.insert(0, "task", task)
                 parts.append(r)
     if avg is not None and len(avg) and avg_score in avg.columns:
+        avg = avg.assign(_stopped=stopped_mask(avg))
         for loss in losses:
-            r = correlate(avg, loss, avg_score, by=by, n_boot=n_boot, seed=seed, ci=ci)
+            r = correlate(avg, loss, avg_score, by=by, n_boot=n_boot, seed=seed, ci=ci, stopped="_stopped")
             r.insert(0, "task", "average")
             parts.append(r)
     if not parts:

@@ -8,7 +8,11 @@
 4. :func:`build_steps_figure` — score and losses vs ticket-finding steps (TAMT at several steps vs IMP).
 
 Every scatter/errorbar artist carries its method label (``get_label()``) so tests and users can read back the
-points per method per panel (:func:`panel_points`).
+points per method per panel (:func:`panel_points`). Scores of trials the scheduler stopped early (lower bounds;
+for a mean: when any score averaged is one) are drawn hollow (:func:`analysis.figure_style.hollow_points` reads
+them back). Score vs sparsity offsets each method's x a little (:func:`analysis.figure_style.dodge`). A ``plot_*``
+whose figure would have fewer than two distinct x values or no data writes nothing and appends the reason to
+``skipped``.
 """
 
 from __future__ import annotations
@@ -16,7 +20,6 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any, Iterable
 
 import matplotlib
 
@@ -25,82 +28,12 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-ORDER = ["Dense", "TAMT-MLM", "TAMT-KD", "TAMT-MLM+KD", "IMP", "OMP", "Random"]
-COLOURS = {
-    "Dense": "black",
-    "TAMT-MLM": "tab:red",
-    "TAMT-KD": "tab:blue",
-    "TAMT-MLM+KD": "tab:purple",
-    "IMP": "tab:green",
-    "OMP": "tab:orange",
-    "Random": "tab:gray",
-}
-_EXTRA = ["tab:brown", "tab:pink", "tab:olive", "tab:cyan", "gold", "navy"]
-PRETTY = {"mlm_loss": "MLM loss", "kd_loss": "KD loss", "avg_score": "average downstream score",
-          "best_score": "downstream score", "omp_similarity": "similarity to OMP mask"}  # fmt: skip
-
-
-def _base(label: str) -> str:
-    return label.split(" (")[0]
-
-
-def colour(label: str) -> str:
-    b = _base(label)
-    if b in COLOURS:
-        return COLOURS[b]
-    return _EXTRA[sum(map(ord, b)) % len(_EXTRA)]
-
-
-def marker(label: str) -> str:
-    if label == "Dense":
-        return "*"
-    return "^" if "random init" in label else "o"
-
-
-def _label_key(label: str) -> tuple[int, str]:
-    b = _base(label)
-    return (ORDER.index(b) if b in ORDER else len(ORDER), label)
-
-
-def _labels(df: pd.DataFrame) -> list[str]:
-    return sorted(df["label"].dropna().unique().tolist(), key=_label_key)
-
-
-def _finite(df: pd.DataFrame, cols: Iterable[str]) -> pd.DataFrame:
-    cols = list(cols)
-    if any(c not in df.columns for c in cols):
-        return df.iloc[0:0]
-    m = np.ones(len(df), bool)
-    for c in cols:
-        m &= np.isfinite(pd.to_numeric(df[c], errors="coerce").to_numpy(float))
-    return df[m]
-
-
-def _is_dense(df: pd.DataFrame) -> pd.Series:
-    if "method" in df.columns:
-        return df["method"].astype(object).eq("dense")
-    return df["label"].eq("Dense")
-
-
-def _empty(fig: Figure, msg: str) -> Figure:
-    ax = fig.add_subplot(1, 1, 1)
-    ax.text(0.5, 0.5, msg, ha="center", va="center", transform=ax.transAxes)
-    ax.set_axis_off()
-    return fig
-
-
-def _sp(v: float) -> str:
-    return f"{float(v):g}"
-
-
-def _legend(fig: Figure, axes: list[Any]) -> None:
-    handles: dict[str, Any] = {}
-    for ax in axes:
-        for h, l in zip(*ax.get_legend_handles_labels()):
-            handles.setdefault(l, h)
-    if handles:
-        labs = sorted(handles, key=_label_key)
-        fig.legend([handles[l] for l in labs], labs, loc="outside right center", fontsize="small")
+# re-exported: the style names this module held before it was split
+from .figure_style import (  # noqa: E402,F401
+    COLOURS, HOLLOW_LABEL, ORDER, PRETTY, STOPPED_GID, _base, _empty, _finite, _is_dense, _label_key, _labels,
+    _legend, _sp, colour, cut_short, dodge, errorbar_marked, hollow_points, marker, scatter_marked, stopped_label,
+)
+from .results_io import fmt_num  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -133,11 +66,11 @@ def build_loss_score_figure(
         sub = rest[np.isclose(rest["sparsity"].astype(float), sp)]
         for lab in _labels(sub):
             pts = sub[sub["label"] == lab]
-            ax.scatter(pts[loss].astype(float), pts[score].astype(float), c=colour(lab), marker=marker(lab),
-                       s=36, alpha=0.85, label=lab, edgecolors="none")  # fmt: skip
+            scatter_marked(ax, pts[loss].astype(float), pts[score].astype(float), cut_short(pts), lab, colour(lab),
+                           marker(lab), s=36, alpha=0.85, edgecolors="none")  # fmt: skip
         if len(dense):
-            ax.scatter(dense[loss].astype(float), dense[score].astype(float), c="black", marker="*", s=220,
-                       label="Dense", zorder=5)  # fmt: skip
+            scatter_marked(ax, dense[loss].astype(float), dense[score].astype(float), cut_short(dense), "Dense",
+                           "black", "*", s=220, zorder=5)  # fmt: skip
         ax.set_title(f"sparsity {_sp(sp)}")
         ax.set_xlabel(PRETTY.get(loss, loss))
         ax.grid(alpha=0.3)
@@ -151,14 +84,14 @@ def build_loss_score_figure(
 
 
 def panel_points(fig: Figure) -> dict[str, dict[str, int]]:
-    """{panel title: {method label: number of points}} of a figure's scatter collections."""
+    """{panel title: {method label: number of points}} of a figure's scatter collections (hollow ones too)."""
     out: dict[str, dict[str, int]] = {}
     for ax in fig.axes:
         if not ax.get_title() and not ax.collections:
             continue
         per: dict[str, int] = {}
         for c in ax.collections:
-            lab = c.get_label()
+            lab = stopped_label(c)
             if lab.startswith("_"):
                 continue
             per[lab] = per.get(lab, 0) + len(c.get_offsets())
@@ -171,17 +104,21 @@ def panel_points(fig: Figure) -> dict[str, dict[str, int]]:
 
 
 def sparsity_summary(data: pd.DataFrame, score: str = "avg_score") -> pd.DataFrame:
-    """label, sparsity, mean, std, n of ``score`` (over tickets and seeds in ``data``)."""
+    """label, sparsity, mean, std, n, n_stopped of ``score`` (over tickets and seeds in ``data``; n_stopped: rows
+    cut short by the scheduler, see :func:`analysis.results_io.stopped_mask`)."""
     d = _finite(data, [score, "sparsity"]) if len(data) else data
     if not len(d):
-        return pd.DataFrame(columns=["label", "sparsity", "mean", "std", "n"])
-    g = d.groupby(["label", "sparsity"])[score].agg(["mean", "std", "size"]).reset_index()
-    return g.rename(columns={"size": "n"})
+        return pd.DataFrame(columns=["label", "sparsity", "mean", "std", "n", "n_stopped"])
+    d = d.assign(_stopped=cut_short(d).astype(int))
+    g = d.groupby(["label", "sparsity"]).agg(mean=(score, "mean"), std=(score, "std"), n=(score, "size"),
+                                             n_stopped=("_stopped", "sum")).reset_index()  # fmt: skip
+    return g
 
 
 def build_score_vs_sparsity(data: pd.DataFrame, score: str = "avg_score", facet: str | None = None) -> Figure:
-    """Mean ± std of ``score`` vs sparsity, one errorbar line per method; the dense model as a star at 0 and
-    a dashed line. ``facet="task"`` draws one panel per task (tidy table, ``score="best_score"``)."""
+    """Mean ± std of ``score`` vs sparsity, one errorbar line per method, x offset per method by :func:`dodge`
+    (ticks at the true sparsities); the dense model as a star at 0 and a dashed line. A point is hollow when any
+    score in its mean was cut short. ``facet="task"`` draws one panel per task (tidy table, ``score="best_score"``)."""
     d = _finite(data, [score, "sparsity"]) if len(data) else data
     if not len(d):
         return _empty(Figure(figsize=(5, 3), layout="constrained"), f"no finite {score}")
@@ -193,19 +130,21 @@ def build_score_vs_sparsity(data: pd.DataFrame, score: str = "avg_score", facet:
     for ax in axes[len(facets):]:
         ax.set_axis_off()
     axes = axes[: len(facets)]
+    sps = sorted(d["sparsity"].astype(float).unique())
+    off = dodge(d["label"].dropna().unique(), sps)
     for ax, f in zip(axes, facets):
         sub = d if f is None else d[d[facet] == f]
         summ = sparsity_summary(sub, score)
         for lab in sorted(summ["label"].unique(), key=_label_key):
             s = summ[summ["label"] == lab].sort_values("sparsity")
+            x, st = s["sparsity"].astype(float) + off.get(lab, 0.0), s["n_stopped"] > 0
             if lab == "Dense":
-                ax.errorbar(s["sparsity"], s["mean"], yerr=s["std"].fillna(0), fmt="*", ms=14, c="black",
-                            label=lab, zorder=5)  # fmt: skip
+                errorbar_marked(ax, x, s["mean"], s["std"].fillna(0), st, lab, "black", "*", ms=14, zorder=5)
                 for m in s["mean"]:
                     ax.axhline(m, ls="--", c="black", lw=0.8, alpha=0.6)
                 continue
-            ax.errorbar(s["sparsity"], s["mean"], yerr=s["std"].fillna(0), fmt="-" + marker(lab), c=colour(lab),
-                        capsize=3, label=lab)  # fmt: skip
+            errorbar_marked(ax, x, s["mean"], s["std"].fillna(0), st, lab, colour(lab), "-" + marker(lab), capsize=3)
+        ax.set_xticks(sps, [_sp(v) for v in sps])
         ax.set_xlabel("sparsity")
         ax.set_ylabel(PRETTY.get(score, score))
         ax.set_title(f"{facet} {f}" if f is not None else "score vs sparsity")
@@ -270,7 +209,8 @@ def build_steps_figure(
     methods: tuple[str, ...] = ("tamt", "imp"),
 ) -> Figure:
     """Score and losses vs steps spent finding the ticket (rows: score, then each loss with data; columns: one per
-    sparsity), one line per method label (mean over tickets at equal steps); the dense model as a dashed line."""
+    sparsity), one line per method label (mean over tickets at equal steps, hollow where any was cut short); the
+    dense model as a dashed line."""
     if not len(data) or "steps" not in data.columns or "method" not in data.columns:
         return _empty(Figure(figsize=(5, 3), layout="constrained"), "no step data")
     d = data[data["method"].isin(methods)].copy()
@@ -288,11 +228,13 @@ def build_steps_figure(
         for i, y in enumerate(ys):
             ax = axes[i][j]
             for lab in _labels(sub):
-                s = _finite(sub[sub["label"] == lab], [y]).groupby("steps")[y].agg(["mean", "std"]).reset_index()
+                pts = _finite(sub[sub["label"] == lab], [y])
+                s = pts.assign(_st=cut_short(pts).astype(int)).groupby("steps").agg(
+                    mean=(y, "mean"), std=(y, "std"), n_stopped=("_st", "sum")).reset_index()
                 if not len(s):
                     continue
-                ax.errorbar(s["steps"], s["mean"], yerr=s["std"].fillna(0), fmt="-" + marker(lab), c=colour(lab),
-                            capsize=3, label=lab)  # fmt: skip
+                errorbar_marked(ax, s["steps"], s["mean"], s["std"].fillna(0), s["n_stopped"] > 0, lab, colour(lab),
+                                "-" + marker(lab), capsize=3)  # fmt: skip
             if y in dense.columns:
                 for v in _finite(dense, [y])[y]:
                     ax.axhline(float(v), ls="--", c="black", lw=0.8, label="Dense")
@@ -305,7 +247,52 @@ def build_steps_figure(
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# saving
+# skipping and saving
+
+
+def loss_skip_reason(data: pd.DataFrame, loss: str, score: str = "avg_score") -> str | None:
+    """Why score vs ``loss`` has nothing to show (no point, or one loss value), else None."""
+    d = _finite(data, [loss, score]) if len(data) else data.iloc[0:0]
+    if not len(d):
+        return f"no ticket has both {loss} and {score}"
+    u = np.unique(d[loss].astype(float))
+    return f"every ticket has the same {loss} ({fmt_num(u[0])})" if len(u) < 2 else None
+
+
+def sparsity_skip_reason(data: pd.DataFrame, score: str = "avg_score") -> str | None:
+    """Why score vs sparsity has nothing to show (no finite score, or one sparsity), else None."""
+    d = _finite(data, [score, "sparsity"]) if len(data) else data.iloc[0:0]
+    if not len(d):
+        return f"no finite {score}"
+    u = np.unique(d["sparsity"].astype(float))
+    return f"every score is at one sparsity ({_sp(u[0])})" if len(u) < 2 else None
+
+
+def steps_skip_reason(data: pd.DataFrame, methods: tuple[str, ...] = ("tamt", "imp")) -> str | None:
+    """Why the steps figure has nothing to show (no ticket of ``methods`` with steps > 0, or no sparsity with two
+    step counts), else None."""
+    if not len(data) or "steps" not in data.columns or "method" not in data.columns:
+        return "no step data"
+    d = data[data["method"].isin(methods)]
+    d = d.assign(steps=pd.to_numeric(d["steps"], errors="coerce"))
+    d = d[d["steps"].notna() & (d["steps"] > 0)]
+    if not len(d):
+        return f"no {' or '.join(m.upper() for m in methods)} ticket with steps > 0"
+    u = np.unique(d["steps"].astype(float))
+    if len(u) < 2:
+        return f"every ticket used the same step count ({fmt_num(u[0])})"
+    if d.groupby(d["sparsity"].astype(float).round(6))["steps"].nunique().max() < 2:
+        return "no sparsity has tickets at two or more step counts"
+    return None
+
+
+def _skip(out_dir: str | os.PathLike, name: str, reason: str, skipped: list[str] | None) -> list[Path]:
+    """Record "<name> figure skipped: <reason>" and remove a stale ``name.png|svg`` of an earlier run."""
+    if skipped is not None:
+        skipped.append(f"{name} figure skipped: {reason}")
+    for ext in (".png", ".svg"):
+        (Path(out_dir) / f"{name}{ext}").unlink(missing_ok=True)
+    return []
 
 
 def save(fig: Figure, out_dir: str | os.PathLike, name: str) -> list[Path]:
@@ -319,19 +306,24 @@ def save(fig: Figure, out_dir: str | os.PathLike, name: str) -> list[Path]:
 
 
 def plot_loss_score(data: pd.DataFrame, out_dir: str | os.PathLike, score: str = "avg_score",
-                    losses: tuple[str, ...] = ("mlm_loss", "kd_loss"), prefix: str = "") -> list[Path]:
+                    losses: tuple[str, ...] = ("mlm_loss", "kd_loss"), prefix: str = "",
+                    skipped: list[str] | None = None) -> list[Path]:
     """The main figure, one file pair per loss that has data: ``{prefix}score_vs_{loss}.png|svg``."""
     paths: list[Path] = []
     for loss in losses:
-        if loss not in data.columns or not len(_finite(data, [loss, score])):
-            continue
-        paths += save(build_loss_score_figure(data, loss, score), out_dir, f"{prefix}score_vs_{loss}")
+        name = f"{prefix}score_vs_{loss}"
+        why = loss_skip_reason(data, loss, score)
+        paths += _skip(out_dir, name, why, skipped) if why else save(build_loss_score_figure(data, loss, score),
+                                                                      out_dir, name)  # fmt: skip
     return paths
 
 
 def plot_score_vs_sparsity(data: pd.DataFrame, out_dir: str | os.PathLike, score: str = "avg_score",
-                           facet: str | None = None, name: str = "score_vs_sparsity") -> list[Path]:
-    return save(build_score_vs_sparsity(data, score, facet), out_dir, name)
+                           facet: str | None = None, name: str = "score_vs_sparsity",
+                           skipped: list[str] | None = None) -> list[Path]:
+    why = sparsity_skip_reason(data, score)
+    return _skip(out_dir, name, why, skipped) if why else save(build_score_vs_sparsity(data, score, facet), out_dir,
+                                                               name)  # fmt: skip
 
 
 def plot_similarity_heatmap(matrix: pd.DataFrame, out_dir: str | os.PathLike, name: str = "mask_similarity",
@@ -340,5 +332,6 @@ def plot_similarity_heatmap(matrix: pd.DataFrame, out_dir: str | os.PathLike, na
 
 
 def plot_steps(data: pd.DataFrame, out_dir: str | os.PathLike, score: str = "avg_score",
-               name: str = "steps") -> list[Path]:
-    return save(build_steps_figure(data, score), out_dir, name)
+               name: str = "steps", skipped: list[str] | None = None) -> list[Path]:
+    why = steps_skip_reason(data)
+    return _skip(out_dir, name, why, skipped) if why else save(build_steps_figure(data, score), out_dir, name)

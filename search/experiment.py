@@ -10,6 +10,36 @@ from pathlib import Path
 from . import EXIT_BAD_INPUT, EXIT_OK
 from .tuner import fit, is_uri
 
+
+def _check_executor(space, args) -> str | None:
+    """The executor's own refusals, before anything is written (None: fine; else the message, printed)."""
+    from search_spaces.space import SpaceError
+
+    msg = None
+    if getattr(args, "executor", "ray") != "local":
+        if getattr(args, "shard", None) or getattr(args, "exclude", None):
+            msg = "--shard and --exclude need --executor local"
+    else:
+        from .local import check_local, parse_exclude, parse_shard
+
+        try:
+            check_local(space)
+            parse_shard(args.shard)
+            parse_exclude(args.exclude)
+        except SpaceError as e:
+            msg = str(e)
+    if msg:
+        print(f"error: {msg}", file=sys.stderr)
+    return msg
+
+
+def _execute(space, exp_dir, storage, name, store_root, args, restore: bool) -> int:
+    if getattr(args, "executor", "ray") == "local":
+        from .local import run_local
+
+        return run_local(space, exp_dir, name, store_root, args.workers, args.shard, args.exclude)
+    return fit(space, exp_dir, storage, name, store_root, args, restore=restore)
+
 SPACE_COPY = "space.json"
 
 
@@ -47,6 +77,8 @@ def cmd_run(args) -> int:
         tickets, runs, steps = finder_runs(space)
         print(f"tickets: {tickets} distinct, made by {runs} finder run(s) of {steps:,} training steps in all")
         return EXIT_OK
+    if _check_executor(space, args) is not None:
+        return EXIT_BAD_INPUT
     if exp_dir.exists() and any(exp_dir.iterdir()):
         if not args.overwrite:
             print(f"error: {exp_dir} exists: `run_search.py resume {exp_dir}` or pass --overwrite", file=sys.stderr)
@@ -60,7 +92,7 @@ def cmd_run(args) -> int:
         from .proxy_search import run_proxy_search
 
         return run_proxy_search(space, args, exp_dir, storage, name, store_root)
-    return fit(space, exp_dir, storage, name, store_root, args, restore=False)
+    return _execute(space, exp_dir, storage, name, store_root, args, restore=False)
 
 
 def cmd_resume(args) -> int:
@@ -79,11 +111,13 @@ def cmd_resume(args) -> int:
     except SpaceError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    if _check_executor(space, args) is not None:
+        return EXIT_BAD_INPUT
     if space.raw.get("proxy") is not None:
         print(f"error: a proxy-guided experiment resumes by running it again: `run_search.py run {space.path} "
               f"--overwrite` (every ticket already made is taken from the store)", file=sys.stderr)
         return EXIT_BAD_INPUT
-    return fit(space, exp_dir, meta["storage"], meta["name"], Path(meta["store_root"]), args, restore=True)
+    return _execute(space, exp_dir, meta["storage"], meta["name"], Path(meta["store_root"]), args, restore=True)
 
 
 def cmd_report(args) -> int:
@@ -93,7 +127,7 @@ def cmd_report(args) -> int:
         return EXIT_BAD_INPUT
     from analysis.report import write_report
 
-    print(write_report(exp_dir))
+    print(write_report(exp_dir, exclude_stopped=getattr(args, "exclude_stopped", False)))
     return EXIT_OK
 
 

@@ -27,26 +27,31 @@ def _to_tune(v: Any, optuna: bool):
     return tune.randint(*arg)
 
 
-def param_space(space: Space, store_root: Path) -> dict[str, Any]:
-    from ray import tune
-
-    optuna = space.tune["searcher"]["type"] == "optuna"
-    ps: dict[str, Any] = {
+def config_template(space: Space, store_root: Path) -> dict[str, Any]:
+    """Every trial's config, with the search dimensions left as ``{grid|choice|...: [...]}`` (no Ray): Tune's
+    param space is this mapped to Tune primitives; the local executor expands its grids itself."""
+    t: dict[str, Any] = {
         "stage": space.stage, "store": str(store_root), "eval": space.eval, "checkpoint_every": space.checkpoint_every,
         "runtime": dict(space.runtime),
     }
     points = ticket_points(space)
     if points is not None:
-        ps["ticket"] = tune.grid_search(points)
+        t["ticket"] = {"grid": points}
     else:
-        ps["ticket"] = _to_tune(space.ticket, optuna)
+        t["ticket"] = space.ticket
         if space.variants:
-            ps["variant"] = tune.grid_search(space.variants)
+            t["variant"] = {"grid": space.variants}
     if space.stage == "transfer":
-        ps["transfer"] = _to_tune(space.transfer, optuna)
+        t["transfer"] = space.transfer
     if space.raw.get("debug"):
-        ps["debug"] = space.raw["debug"]
-    return ps
+        t["debug"] = space.raw["debug"]
+    return t
+
+
+def param_space(space: Space, store_root: Path) -> dict[str, Any]:
+    optuna = space.tune["searcher"]["type"] == "optuna"
+    return {k: (v if k in ("eval", "runtime", "debug", "store") else _to_tune(v, optuna))
+            for k, v in config_template(space, store_root).items()}
 
 
 def scheduler(space: Space):

@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import fcntl
+import logging
 import os
 import shutil
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,13 +26,17 @@ from .data import TextDataConfig
 from .kd_data import text_data
 from .evaluation import evaluate_kd, evaluate_mlm
 from .finders import DEFAULT_TEXT, FindContext, FinderSpec, finder_spec
+from .fsutil import atomic_write, move_aside, utc_stamp
 from .masking import apply_masks
 from .models import load_pretraining_model, load_tokenizer
 from .runtime import CPU, Runtime
-from .ticket import Method, Ticket, config_hash
+from .ticket import Method, Ticket, TicketError, config_hash
+from .training import CHECKPOINT_FILE, CheckpointError, checkpoint_step
 
 __all__ = ["EvalSpec", "FinderSpec", "SharedText", "TicketStore", "ensure_head", "evaluate_ticket", "finder_spec",
            "make_ticket"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -80,7 +86,12 @@ class SharedText:
 
 
 class TicketStore:
-    """``<root>/tickets/<id>/`` (finished tickets), ``<root>/partial/<id>/`` (resumable state), locks beside."""
+    """``<root>/tickets/<id>/`` (finished tickets), ``<root>/partial/<id>/`` (resumable state), locks beside.
+
+    Nothing corrupt is used: a stored ticket is verified on every load (:meth:`Ticket.load`: checksum, sparsity);
+    one that fails is moved aside to ``tickets/<id>.corrupt-<UTC time>`` and made again. A ticket is written only
+    under its own lock (``tickets/.<id>.lock``), whose holder (pid, host, since when) is recorded in the lock file
+    for whoever waits."""
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
@@ -90,29 +101,146 @@ class TicketStore:
     def path(self, spec: FinderSpec) -> Path:
         return self.root / "tickets" / spec.ticket_id
 
+    def partial_path(self, spec: FinderSpec) -> Path:
+        """The resumable training state of the run that makes ``spec``'s ticket."""
+        return self.root / "partial" / spec.run_spec().ticket_id
+
+    def lock_path(self, spec: FinderSpec) -> Path:
+        return self.root / "tickets" / f".{spec.ticket_id}.lock"
+
     def has(self, spec: FinderSpec) -> bool:
         return (self.path(spec) / "ticket.json").is_file()
 
     @contextlib.contextmanager
-    def lock(self, spec: FinderSpec):
-        with open(self.root / "tickets" / f".{spec.ticket_id}.lock", "w") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
+    def lock(self, spec: FinderSpec, log: Callable[[str], None] | None = None, wait: bool = True,
+             wanted: FinderSpec | None = None):
+        """Hold ``spec``'s ticket lock. When another process holds it, say once (``log`` and :mod:`logging`) what is
+        waited for (ticket id, label, lock path, holder) and again when it is got. ``wait=False``: do not wait;
+        the context yields False (lock not held) instead of True. ``wanted``: the ticket the caller wants, when
+        ``spec`` is the run that makes it (named in the messages)."""
+        path = self.lock_path(spec)
+        with open(path, "a+") as fh:  # not "w": that would erase the holder's note
             try:
-                yield
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not wait:
+                    yield False
+                    return
+                what = _describe(spec, wanted)
+                fh.seek(0)
+                holder = fh.read().strip() or "holder unknown"
+                _note(log, f"waiting for {what}: its lock {path} is held by another trial ({holder})", logging.INFO)
+                t0 = time.monotonic()
+                fcntl.flock(fh, fcntl.LOCK_EX)
+                _note(log, f"got the lock {path} of {what} after {time.monotonic() - t0:.1f}s", logging.INFO)
+            try:
+                fh.truncate(0)
+                fh.write(f"pid {os.getpid()} on {socket.gethostname()} since {utc_stamp()}\n")
+                fh.flush()
+                yield True
             finally:
+                with contextlib.suppress(OSError):
+                    fh.truncate(0)
                 fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def quarantine(self, spec: FinderSpec, reason: object = "",
+                   log: Callable[[str], None] | None = None) -> Path | None:
+        """Move ``spec``'s stored ticket aside to ``tickets/<id>.corrupt-<UTC time>`` (kept for a post mortem, never
+        loaded) with a warning naming both paths. Call it holding the ticket's lock. Returns the new path (None if
+        there was nothing to move)."""
+        src = self.path(spec)
+        if not src.exists():
+            return None
+        dest = move_aside(src)
+        _note(log, f"stored ticket {spec.ticket_id} ({_label(spec)}) at {src} is corrupt and was moved aside to "
+                   f"{dest}; it will be made again. Reason: {reason}", logging.WARNING)
+        return dest
+
+    def load_verified(self, spec: FinderSpec, log: Callable[[str], None] | None = None) -> Ticket | None:
+        """The stored ticket of ``spec``, verified; None if there is none, or if it was corrupt (then it has been
+        quarantined). Call it holding the lock of the ticket (or of the run that makes it)."""
+        if not self.path(spec).exists():
+            return None
+        try:
+            return Ticket.load(self.path(spec))
+        except TicketError as e:
+            self.quarantine(spec, e, log)
+            return None
 
     def get_or_make(
         self, spec: FinderSpec, eval_spec: EvalSpec | None = None, shared: SharedText | None = None,
         report: Callable | None = None, log: Callable[[str], None] = print, runtime: Runtime = CPU,
     ) -> tuple[Ticket, bool]:
         """The stored ticket for ``spec`` (made now if absent, on ``runtime``). Returns (ticket, made_now). The
-        lock is the run's: trials asking for different snapshots of one run wait for that one run."""
-        with self.lock(spec.run_spec()):
-            if self.has(spec):
-                return Ticket.load(self.path(spec)), False
+        lock is the run's: trials asking for different snapshots of one run wait for that one run. A stored ticket
+        that fails verification is quarantined (:meth:`quarantine`) and made again."""
+        with self.lock(spec.run_spec(), log=log, wanted=spec):
+            ticket = self.load_verified(spec, log)
+            if ticket is not None:
+                return ticket, False
             ticket = make_ticket(spec, eval_spec or EvalSpec(), shared or SharedText(), self, report, log, runtime)
             return ticket, True
+
+    def restore_partial(self, spec: FinderSpec, src_checkpoint_file: str | os.PathLike,
+                        log: Callable[[str], None] | None = None) -> bool:
+        """Copy a training checkpoint (a Tune checkpoint's ``trainer.pt``) into ``partial/<run id>/trainer.pt``,
+        where the run that makes ``spec``'s ticket resumes from, unless the store already holds a partial at least
+        as far along. Under the run's lock; the copy is atomic and durable (temp file, fsync, rename). Returns
+        whether it copied.
+
+        "Newer" is the training step stored in each checkpoint, not the file time: a copy gets a fresh mtime
+        whatever state it holds (so an old Tune checkpoint restored after the store's partial moved on would look
+        newer), and the trials of one store run on machines whose clocks differ. A file whose step cannot be read
+        is not older or newer but unusable: an unreadable source is not copied (warning); an unreadable partial
+        is moved aside (``trainer.pt.corrupt-<UTC time>``, warning) and replaced. Nothing is restored for a run whose
+        ticket is already stored."""
+        src = Path(src_checkpoint_file)
+        run = spec.run_spec()
+        dest_dir = self.partial_path(spec)
+        dest = dest_dir / CHECKPOINT_FILE
+        with self.lock(run, log=log, wanted=spec):
+            if self.has(run):
+                _note(log, f"not restoring {src}: the ticket {run.ticket_id} it trains is already stored",
+                      logging.INFO)
+                return False
+            try:
+                src_step = checkpoint_step(src)
+            except (CheckpointError, FileNotFoundError) as e:
+                _note(log, f"not restoring the unreadable checkpoint {src} into {dest}: {e}", logging.WARNING)
+                return False
+            if dest.is_file():
+                try:
+                    dest_step = checkpoint_step(dest)
+                except CheckpointError as e:
+                    moved = move_aside(dest)
+                    _note(log, f"partial checkpoint {dest} is unreadable, moved aside to {moved} ({e})",
+                          logging.WARNING)
+                else:
+                    if dest_step >= src_step:
+                        _note(log, f"kept {dest} (step {dest_step}): not older than {src} (step {src_step})",
+                              logging.INFO)
+                        return False
+            dest_dir.mkdir(parents=True, exist_ok=True)
+            with open(src, "rb") as fin:
+                atomic_write(dest, lambda fout: shutil.copyfileobj(fin, fout, 1 << 20))
+            _note(log, f"restored {src} (step {src_step}) into {dest}", logging.INFO)
+            return True
+
+
+def _label(spec: FinderSpec) -> str:
+    return f"{spec.label()} s={spec.sparsity}"
+
+
+def _describe(spec: FinderSpec, wanted: FinderSpec | None) -> str:
+    if wanted is None or wanted.ticket_id == spec.ticket_id:
+        return f"ticket {spec.ticket_id} ({_label(spec)})"
+    return f"ticket {wanted.ticket_id} ({_label(wanted)}), made by the run {spec.ticket_id}"
+
+
+def _note(log: Callable[[str], None] | None, msg: str, level: int) -> None:
+    logger.log(level, msg)
+    if log is not None:
+        log(f"WARNING: {msg}" if level >= logging.WARNING else msg)
 
 
 def ensure_head(spec: FinderSpec, eval_spec: EvalSpec, shared: SharedText, log=print, runtime: Runtime = CPU,
@@ -137,8 +265,9 @@ def make_ticket(
     report: Callable | None = None, log: Callable[[str], None] = print, runtime: Runtime = CPU,
 ) -> Ticket:
     """Find the ticket ``spec`` describes on ``runtime`` (device, precision), evaluate its pre-training losses,
-    save it in ``store`` (with every sibling ticket the finder passed on the way). The ticket id does not depend on
-    the runtime; the ticket records it."""
+    save it in ``store`` (with every sibling ticket the finder passed on the way, each under its own lock). The
+    ticket id does not depend on the runtime; the ticket records it. With a ``store``, the caller holds the lock of
+    ``spec.run_spec()`` (:meth:`TicketStore.get_or_make` does)."""
     t0 = time.perf_counter()
     run = spec.run_spec()  # a snapshot ticket is made by the run it is a snapshot of
     model = load_pretraining_model(spec.model)
@@ -155,27 +284,53 @@ def make_ticket(
         return t
 
     def emit(found: FinderSpec, t: Ticket) -> None:  # a sibling: evaluated and stored at once (crash-safe)
-        if store is not None and store.has(found):
+        if store is None:
+            stamp(found, t)
             return
-        stamp(found, t)
-        if store is not None:
+        # under the sibling's own lock; a holder of it is making, storing or reading that very ticket: leave it
+        with store.lock(found, log=log, wait=False) as held:
+            if not held:
+                log(f"sibling ticket {found.ticket_id} ({_label(found)}) is locked by another trial that makes or "
+                    f"stores it: not stored from here")
+                if found.ticket_id == spec.ticket_id:  # the one asked for: returned, stored by the other trial
+                    stamp(found, t)
+                return
+            stored = store.load_verified(found, log)  # a corrupt stored sibling is quarantined and replaced
+            if stored is not None:
+                made[found.ticket_id] = stored
+                return
+            stamp(found, t)
             t.save(store.path(found))
 
     ctx = FindContext(
         model=model, tokenizer=load_tokenizer(spec.model), eval_blocks=eval_spec.eval_blocks,
         blocks=lambda split: shared.get(spec.model, spec.text, split),
-        partial=store.root / "partial" / run.ticket_id if store else None, report=report, log=log, runtime=runtime,
+        partial=store.partial_path(run) if store else None, report=report, log=log, runtime=runtime,
         emit=emit,
     )
     ticket = stamp(run, run.find(ctx))
     ticket.meta.metrics["find_s"] = time.perf_counter() - t0
     if store is not None:
         ticket.save(store.path(run))
-        if ctx.partial.exists():
-            shutil.rmtree(ctx.partial, ignore_errors=True)
+        _drop_partial(ctx.partial, log)
     if spec.ticket_id not in made:
         raise RuntimeError(f"the run of {run.ticket_id} did not make ticket {spec.ticket_id}")
     return made[spec.ticket_id]
+
+
+def _drop_partial(partial: Path, log: Callable[[str], None]) -> None:
+    """Remove a finished run's training state; files moved aside as corrupt (``*.corrupt-*``) are kept for a post
+    mortem (they are never read: resuming reads ``trainer.pt`` only)."""
+    if not partial.exists():
+        return
+    corrupt = [p for p in partial.iterdir() if ".corrupt-" in p.name]
+    if not corrupt:
+        shutil.rmtree(partial, ignore_errors=True)
+        return
+    for p in partial.iterdir():
+        if p not in corrupt:
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    log(f"kept {', '.join(str(p) for p in corrupt)} (moved aside as unreadable) for a post mortem")
 
 
 def evaluate_ticket(

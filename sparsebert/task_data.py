@@ -47,6 +47,18 @@ def _find_task_dir(spec: TaskSpec, data_dir: Path) -> Path | None:
     return None
 
 
+def train_file(name: str, data_dir: str | os.PathLike | None = None) -> Path | None:
+    """The local file of a task's training split (``data_dir`` or ``$SPARSEBERT_DATA_DIR``); None when it is not
+    local (the Hub, or polarity before it is prepared)."""
+    spec = get_task(name)
+    d = data_dir or os.environ.get("SPARSEBERT_DATA_DIR")
+    if d is None:
+        return None
+    task_dir = _find_task_dir(spec, Path(d).expanduser())
+    f = task_dir / spec.file_for(spec.train_split) if task_dir is not None else None
+    return f if f is not None and f.is_file() else None
+
+
 def _missing(spec: TaskSpec, data_dir: Path, split: str, path: Path | None) -> FileNotFoundError:
     expected = f"<data_dir>/{spec.local_dir}/{spec.file_for(split)}"
     where = str(path) if path is not None else f"no {spec.local_dir!r} directory under {data_dir}"

@@ -10,6 +10,7 @@ directory continues exactly (optimizer, scheduler, RNG, method state; the data o
 from __future__ import annotations
 
 import inspect
+import logging
 import math
 import os
 import sys
@@ -22,9 +23,11 @@ from typing import Any, Callable, Iterator, Protocol
 import torch
 from torch import nn
 
+from .fsutil import move_aside
 from .runtime import CPU, Runtime, prefetch, to_cpu
 
 CHECKPOINT_FILE = "trainer.pt"
+logger = logging.getLogger(__name__)
 
 Report = Callable[[dict[str, Any], Callable[[Path], None]], None]
 
@@ -127,12 +130,83 @@ def save_checkpoint(directory: Path, state: dict[str, Any]) -> None:
     os.replace(tmp, directory / CHECKPOINT_FILE)
 
 
-def load_checkpoint(directory: Path) -> dict[str, Any]:
-    """A checkpoint's state on the CPU, whatever device wrote it (the method and optimizer move it back)."""
-    path = Path(directory) / CHECKPOINT_FILE
+class CheckpointError(RuntimeError):
+    """A training checkpoint that cannot be read (truncated, not a torch zip, a pickle weights_only refuses) or is
+    not one (a required key missing). The message names the file."""
+
+
+#: the keys every checkpoint written by :func:`train` holds
+CHECKPOINT_KEYS = ("step", "method", "optimizer", "scheduler", "rng")
+#: an older good checkpoint kept beside ``trainer.pt``, tried when ``trainer.pt`` is unreadable (where one is kept)
+PREVIOUS_CHECKPOINT_FILE = "trainer.prev.pt"
+
+
+def read_checkpoint(path: str | os.PathLike, mmap: bool = False) -> dict[str, Any]:
+    """The state in the checkpoint file ``path`` (on the CPU), checked to be a complete training checkpoint.
+    ``mmap``: map the tensors instead of reading them (cheap; to look at the step only). CheckpointError if
+    unreadable or incomplete; FileNotFoundError if absent."""
+    path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no training checkpoint at {path}")
-    return torch.load(path, weights_only=True, map_location="cpu")
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu", mmap=mmap)
+    except Exception as e:  # RuntimeError (PytorchStreamReader: truncated zip), UnpicklingError, EOFError, OSError
+        raise CheckpointError(f"{path}: unreadable training checkpoint: {type(e).__name__}: {e}") from e
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: not a training checkpoint (missing {missing})")
+    try:
+        int(state["step"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: bad step {state['step']!r}") from e
+    return state
+
+
+def checkpoint_step(path: str | os.PathLike) -> int:
+    """The step a checkpoint file was written at (its tensors are mapped, not read). CheckpointError if
+    unreadable, FileNotFoundError if absent."""
+    return int(read_checkpoint(path, mmap=True)["step"])
+
+
+def load_checkpoint(directory: Path) -> dict[str, Any]:
+    """A checkpoint's state on the CPU, whatever device wrote it (the method and optimizer move it back).
+    FileNotFoundError if absent, CheckpointError (naming the file) if unreadable."""
+    return read_checkpoint(Path(directory) / CHECKPOINT_FILE)
+
+
+def _warn(log: Callable[[str], None] | None, msg: str) -> None:
+    logger.warning(msg)
+    if log is not None:
+        log(f"WARNING: {msg}")
+
+
+def load_resume_checkpoint(
+    directory: str | os.PathLike, log: Callable[[str], None] | None = None,
+) -> tuple[dict[str, Any] | None, Path | None]:
+    """The state to resume from in ``directory`` and the file it came from: ``trainer.pt``, else (when it cannot
+    be read) the previous good checkpoint if one is kept there (``trainer.prev.pt``), else ``(None, None)``: start
+    from scratch. An unreadable file is moved aside to ``<name>.corrupt-<UTC time>`` (never tried again) with a
+    warning naming it, on ``log`` and :mod:`logging`. FileNotFoundError if ``directory`` holds no checkpoint."""
+    directory = Path(directory)
+    present = [directory / n for n in (CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE) if (directory / n).is_file()]
+    if not present:
+        raise FileNotFoundError(f"no training checkpoint at {directory / CHECKPOINT_FILE}")
+    for i, path in enumerate(present):
+        try:
+            state = read_checkpoint(path)
+        except CheckpointError as e:
+            try:
+                moved = f"moved aside to {move_aside(path)}"
+            except OSError as oe:
+                moved = f"could not be moved aside ({oe})"
+            rest = ("trying the previous one, " + str(present[i + 1])) if i + 1 < len(present) \
+                else "starting from scratch"
+            _warn(log, f"resume checkpoint {path} is unreadable and {moved}; {rest} ({e})")
+            continue
+        if i:
+            _warn(log, f"resuming from the previous checkpoint {path} (step {int(state['step'])})")
+        return state, path
+    return None, None
 
 
 def print_progress(prefix: str = "") -> Callable[[str], None]:
@@ -174,8 +248,8 @@ def train(
     step = 0
     resumed_at = 0
     torch.manual_seed(cfg.seed)
-    if resume_from is not None:
-        state = load_checkpoint(Path(resume_from))
+    state, source = load_resume_checkpoint(resume_from, log) if resume_from is not None else (None, None)
+    if state is not None:  # None after resume_from: its checkpoint was unreadable (warned), a fresh start
         method.load_state_dict(state["method"])
         params, opt, sched = _build_optim(method, cfg, total, rt)  # the method may have changed its parameters
         opt.load_state_dict(state["optimizer"])
@@ -186,7 +260,7 @@ def train(
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         step = resumed_at = int(state["step"])
-        log(f"resumed at step {step}/{cfg.steps} from {resume_from}")
+        log(f"resumed at step {step}/{cfg.steps} from {source}")
 
     def snapshot() -> dict[str, Any]:
         return {

@@ -335,9 +335,11 @@ def test_other_figures(tmp_path):
     exp, td, avg = _avg(tmp_path)
     fig = F.build_score_vs_sparsity(avg)
     eb = F.errorbar_points(fig)["score vs sparsity"]
-    assert [x for x, _ in eb["Random"]] == [0.5] and eb["Random"][0][1] == pytest.approx(
-        avg.loc[avg["label"] == "Random", "avg_score"].mean())
-    assert [x for x, _ in eb["TAMT-KD"]] == [0.5, 0.7] and [x for x, _ in eb["Dense"]] == [0.0]
+    off = F.dodge(avg["label"], avg["sparsity"])  # methods sit side by side at one sparsity
+    assert [x for x, _ in eb["Random"]] == pytest.approx([0.5 + off["Random"]]) and eb["Random"][0][1] == \
+        pytest.approx(avg.loc[avg["label"] == "Random", "avg_score"].mean())
+    assert [x for x, _ in eb["TAMT-KD"]] == pytest.approx([0.5 + off["TAMT-KD"], 0.7 + off["TAMT-KD"]])
+    assert [x for x, _ in eb["Dense"]] == [0.0]
     per_task = F.build_score_vs_sparsity(td, "best_score", facet="task")
     assert len([a for a in per_task.axes if a.get_title()]) == 3
     steps = F.build_steps_figure(avg)
@@ -374,6 +376,7 @@ def test_report_on_partial_experiment(tmp_path):
     assert "task rte missing for ticket imp50" in md
     assert "no OMP ticket (with files) for tiny at sparsity 0.7" in md
     assert "1 find trial(s) did not finish" in md
+    assert "**Cut-short trials: none.**" in md.split("## What ran")[0]
     # tables, correlations, similarity
     assert "## Average over tasks" in md and "TAMT-MLM" in md
     assert "### Average over tasks" in md and "mlm_loss" in md

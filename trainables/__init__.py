@@ -1,6 +1,6 @@
-"""Thin Ray Tune wrappers over the core package: one trainable per stage. The only package that imports Ray Tune
-besides run_search.py. Each reports through ``ray.tune.report`` (with a checkpoint) and resumes from
-``ray.tune.get_checkpoint()``; each returns None."""
+"""Thin trainables over the core package: one per stage. Each reports through a session (:mod:`.session`): Ray
+Tune's by default (``ray.tune.report`` with a checkpoint, resuming from ``ray.tune.get_checkpoint()``), or a trial
+directory's under the local executor; each returns None. Ray is imported only by the Tune session, when called."""
 
 from .evaluate import evaluate_trainable
 from .find import find_trainable

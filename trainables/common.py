@@ -1,9 +1,9 @@
-"""What every trainable shares: threads, config parsing, reporting to Tune with a checkpoint, resuming."""
+"""What every trainable shares: threads, config parsing, reporting with a checkpoint, resuming (through a
+:class:`~trainables.session.Session`: Ray Tune's, or a trial directory's). No Ray import here."""
 
 from __future__ import annotations
 
 import atexit
-import contextlib
 import os
 import sys
 import tempfile
@@ -13,14 +13,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from ray import tune
-from ray.tune import Checkpoint
 
 from sparsebert.finders import FinderSpec
 from sparsebert.finders import finder_spec as spec_from_dict
 from sparsebert.pipeline import EvalSpec
 from sparsebert.runtime import Runtime
 from sparsebert.runtime import resolve as resolve_runtime
+
+from .session import Session
 
 
 
@@ -90,8 +90,8 @@ def log_fn(prefix: str) -> Callable[[str], None]:
     return log
 
 
-def reporter(extra: dict[str, Any], checkpoint_every: int = 1) -> Callable:
-    """The loop's ``report(metrics, write_checkpoint)`` -> ``tune.report`` with a checkpoint every N reports."""
+def reporter(session: Session, extra: dict[str, Any], checkpoint_every: int = 1) -> Callable:
+    """The loop's ``report(metrics, write_checkpoint)`` -> ``session.report`` with a checkpoint every N reports."""
     count = {"n": 0}
 
     def report(metrics: dict[str, Any], write: Callable[[Path], None]) -> None:
@@ -100,22 +100,11 @@ def reporter(extra: dict[str, Any], checkpoint_every: int = 1) -> Callable:
         if count["n"] % max(1, checkpoint_every) == 0:
             with tempfile.TemporaryDirectory() as d:
                 write(Path(d))
-                tune.report(row, checkpoint=Checkpoint.from_directory(d))
+                session.report(row, checkpoint=Path(d))
         else:
-            tune.report(row)
+            session.report(row)
 
     return report
-
-
-@contextlib.contextmanager
-def resume_dir():
-    """The directory of the trial's last checkpoint (None on a fresh start)."""
-    ckpt = tune.get_checkpoint()
-    if ckpt is None:
-        yield None
-        return
-    with ckpt.as_directory() as d:
-        yield Path(d)
 
 
 def ticket_columns(spec: FinderSpec, ticket_path: Path | None, metrics: dict[str, Any],

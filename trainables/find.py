@@ -5,37 +5,34 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ray import tune
-
 from sparsebert.pipeline import SharedText, TicketStore
 from sparsebert.training import CHECKPOINT_FILE
 
-from .common import (eval_spec, finder_spec, log_fn, reporter, resume_dir, setup_worker, ticket_columns,
-                     trial_runtime)
+from .common import eval_spec, finder_spec, log_fn, reporter, setup_worker, ticket_columns, trial_runtime
+from .session import Session, TuneSession
 
 
-def find_trainable(config: dict[str, Any], shared: SharedText | None = None) -> None:
+def find_trainable(config: dict[str, Any], shared: SharedText | None = None, session: Session | None = None) -> None:
     t0 = setup_worker()
+    session = session or TuneSession()
     spec = finder_spec(config)
     store = TicketStore(config["store"])
     log = log_fn(f"find {spec.label()} s={spec.sparsity}")
     rt = trial_runtime(config, log)
     base = {"stage": "find", **ticket_columns(spec, None, {}, rt)}
     first = {"startup_s": None}
-    to_tune = reporter(base, config.get("checkpoint_every", 1))
+    to_session = reporter(session, base, config.get("checkpoint_every", 1))
 
     def report(metrics, write):
         if first["startup_s"] is None:
             first["startup_s"] = time.perf_counter() - t0
-        to_tune({**metrics, "startup_s": first["startup_s"]}, write)
+        to_session({**metrics, "startup_s": first["startup_s"]}, write)
 
-    with resume_dir() as ckpt:
+    with session.resume_dir() as ckpt:
         if ckpt is not None and (ckpt / CHECKPOINT_FILE).is_file():  # restore Tune's checkpoint into the store
-            partial = store.root / "partial" / spec.run_spec().ticket_id
-            partial.mkdir(parents=True, exist_ok=True)
-            (partial / CHECKPOINT_FILE).write_bytes((ckpt / CHECKPOINT_FILE).read_bytes())
+            store.restore_partial(spec, ckpt / CHECKPOINT_FILE, log=log)  # atomic, under the run's lock, never older
     # content-addressed: a ticket already in the store is reused, never trained twice
     ticket, made = store.get_or_make(spec, eval_spec(config), shared, report=report, log=log, runtime=rt)
-    tune.report({**base, **ticket_columns(spec, store.path(spec), ticket.meta.metrics, rt), "cached": int(not made),
+    session.report({**base, **ticket_columns(spec, store.path(spec), ticket.meta.metrics, rt), "cached": int(not made),
                  "startup_s": first["startup_s"] or time.perf_counter() - t0, **ticket.meta.metrics})
     return None

@@ -10,12 +10,14 @@ from sparsebert.models import load_tokenizer
 from sparsebert.pipeline import SharedText, TicketStore
 from sparsebert.ticket import Method
 
-from .common import (eval_spec, fault_injector, finder_spec, log_fn, reporter, resume_dir, setup_worker, ticket_columns,
+from .common import (eval_spec, fault_injector, finder_spec, log_fn, reporter, setup_worker, ticket_columns,
                      trial_runtime)
+from .session import Session, TuneSession
 
 
-def transfer_trainable(config: dict[str, Any], shared: SharedText | None = None) -> None:
+def transfer_trainable(config: dict[str, Any], shared: SharedText | None = None, session: Session | None = None) -> None:
     t0 = setup_worker()
+    session = session or TuneSession()
     spec = finder_spec(config)
     ft_cfg, train_cfg = split_transfer(config)
     log = log_fn(f"transfer {spec.label()} s={spec.sparsity} {ft_cfg.task}")
@@ -32,7 +34,7 @@ def transfer_trainable(config: dict[str, Any], shared: SharedText | None = None)
              **ticket_columns(spec, store.path(spec), ticket.meta.metrics, rt)}
     from sparsebert.training import train
 
-    with resume_dir() as ckpt:
-        train(ft, train_cfg, report=reporter(extra, config.get("checkpoint_every", 1)), resume_from=ckpt, log=log,
+    with session.resume_dir() as ckpt:
+        train(ft, train_cfg, report=reporter(session, extra, config.get("checkpoint_every", 1)), resume_from=ckpt, log=log,
               on_step=fault_injector(config.get("debug")))
     return None

@@ -1,0 +1,408 @@
+"""The local executor: a grid space run to completion by a pool of worker processes on this machine, without Ray.
+
+    run_search.py run SPACE --executor local [--workers N] [--shard K/N]
+    run_search.py resume EXP_DIR --executor local [--workers N] [--shard K/N]
+
+For a machine without Ray (a GPU box you can only copy a checkout to) or a single-machine grid where Tune's
+schedulers add nothing. The trainables are the same ones Tune runs, with a :class:`~trainables.session.DirSession`:
+each trial keeps ``<exp>/<trial>/`` with ``config.json``, ``progress.jsonl`` (every reported row), ``checkpoint/``
+(the latest), ``log.txt`` (its log lines) and, once it ends, ``result.json``. ``results.parquet``/``.csv`` have the
+schema of a Tune run (:mod:`search.results`), so ``report`` reads either.
+
+* Trials that ended (``result.json`` with status TERMINATED) are never run again; a rerun or ``resume`` runs the
+  rest, each from its latest checkpoint. Failed trials are retried ``tune.max_failures`` times.
+* Workers share the machine's GPUs: trials reserving ``resources.gpu`` run on the GPU (``device: auto``), N workers
+  per GPU; with several GPUs, worker i uses GPU i mod n. One torch thread per ``resources.cpu``.
+* Order: the costliest trials first (a task's training file size x epochs), tickets interleaved, so that ticket
+  finding starts in parallel and the long fine-tunings do not trail at the end.
+* ``--shard K/N`` runs the K-th of N parts (whole tickets per part, balanced by cost): a sweep split over machines
+  or sessions, merged by running the next shard in the same experiment directory.
+* ``--exclude KEY=VALUE[,KEY=VALUE]`` (repeatable) leaves out the trials matching every pair of one item
+  (e.g. ``transfer.task=sst2,transfer.seed=2``); they stay PENDING and a later run without it runs them.
+* Only grid spaces with the fifo scheduler: ASHA/PBT/Optuna need Ray (the message says so).
+
+No Ray is imported here or in the trial processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import itertools
+import json
+import multiprocessing as mp
+import os
+import sys
+import time
+import traceback
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from search_spaces.space import Space, SpaceError, _is_dim
+
+from .results import summarize, write_results
+from .tune_space import config_template
+
+RESULT = "result.json"
+
+
+# ------------------------------------------------------------------------------------------------ the trial list
+
+def check_local(space: Space) -> None:
+    """The local executor runs grids to completion: refuse what needs Tune, naming the key."""
+    sched, searcher = space.tune["scheduler"]["type"], space.tune["searcher"]["type"]
+    if sched != "fifo":
+        raise SpaceError(f"{space.path.name}: tune.scheduler: {sched} needs Ray Tune; the local executor runs every "
+                         "trial to the end (scheduler: fifo). Run without --executor local.")
+    if searcher == "optuna":
+        raise SpaceError(f"{space.path.name}: tune.searcher: optuna needs Ray Tune; run without --executor local.")
+    if space.raw.get("proxy") is not None:
+        raise SpaceError(f"{space.path.name}: proxy: the two-stage proxy search needs Ray Tune.")
+    for sec in ("ticket", "transfer"):
+        for k, v in (getattr(space, sec) or {}).items():
+            if _is_dim(v) and "grid" not in v:
+                raise SpaceError(f"{space.path.name}: {sec}.{k}: {next(iter(v))} is sampled; the local executor "
+                                 "expands grids only")
+
+
+def _grid_paths(t: Any, path: tuple = ()) -> list[tuple[tuple, list]]:
+    if _is_dim(t):
+        return [(path, t["grid"])]
+    if isinstance(t, dict):
+        return [p for k, v in t.items() for p in _grid_paths(v, path + (k,))]
+    return []
+
+
+def _set(d: dict, path: tuple, v: Any) -> dict:
+    if len(path) == 1:
+        return {**d, path[0]: v}
+    return {**d, path[0]: _set(d[path[0]], path[1:], v)}
+
+
+def expand(template: dict[str, Any], num_samples: int = 1) -> list[dict[str, Any]]:
+    """Every grid point of a config template (the cartesian product of its ``{grid: [...]}`` leaves)."""
+    dims = _grid_paths(template)
+    out = []
+    for _ in range(num_samples):
+        for combo in itertools.product(*(vals for _, vals in dims)):
+            cfg = template
+            for (path, _), v in zip(dims, combo):
+                cfg = _set(cfg, path, v)
+            out.append(cfg)
+    return out
+
+
+def trial_label(cfg: dict[str, Any]) -> str:
+    from sparsebert.ticket import method_label
+
+    t = {**(cfg.get("ticket") or {}), **(cfg.get("variant") or {})}
+    label = method_label(t.get("method", "omp"), t.get("init"), t.get("objective") if t.get("method") == "tamt"
+                         else None)
+    tr = cfg.get("transfer") or {}
+    bits = [label, f"s={t.get('sparsity')}" if t.get("method") != "dense" else "",
+            str(tr.get("task", "")), f"seed {tr['seed']}" if "seed" in tr else ""]
+    return " ".join(b for b in bits if b)
+
+
+@dataclass
+class Trial:
+    index: int
+    config: dict[str, Any]
+    ticket_id: str
+    cost: float
+
+    @property
+    def trial_id(self) -> str:
+        h = hashlib.sha1(json.dumps(self.config, sort_keys=True, default=str).encode()).hexdigest()[:8]
+        return f"{self.index:04d}_{h}"
+
+    @property
+    def label(self) -> str:
+        return trial_label(self.config)
+
+
+def _cost(cfg: dict[str, Any]) -> float:
+    """Relative cost of a trial, for ordering: training rows x epochs for fine-tuning (by the train file's size
+    where the data is local), the finder's steps otherwise."""
+    tr = cfg.get("transfer")
+    if not tr:
+        t = {**(cfg.get("ticket") or {}), **(cfg.get("variant") or {})}
+        return float(t.get("steps", 1) if isinstance(t.get("steps"), (int, float)) else 1)
+    if tr.get("max_steps"):
+        return float(tr["max_steps"]) * float(tr.get("batch_size", 32))
+    from sparsebert.task_data import train_file
+
+    f = train_file(str(tr.get("task")), tr.get("data_dir"))
+    return (f.stat().st_size / 100.0 if f is not None else 1000.0) * float(tr.get("epochs", 3))
+
+
+def trials(space: Space, store_root: Path) -> list[Trial]:
+    from sparsebert.finders import finder_spec
+
+    out = []
+    for i, cfg in enumerate(expand(config_template(space, store_root), space.tune["num_samples"])):
+        spec = finder_spec({**cfg.get("ticket", {}), **(cfg.get("variant") or {})})
+        out.append(Trial(i, cfg, spec.ticket_id, _cost(cfg)))
+    return out
+
+
+def schedule(ts: list[Trial]) -> list[Trial]:
+    """Costliest first; among equals, tickets interleaved (the k-th trial of every ticket before any k+1-th)."""
+    rank: dict[str, int] = {}
+    keyed = []
+    for t in sorted(ts, key=lambda t: (-t.cost, t.index)):
+        rank[t.ticket_id] = rank.get(t.ticket_id, -1) + 1
+        keyed.append(((-t.cost, rank[t.ticket_id], t.index), t))
+    return [t for _, t in sorted(keyed, key=lambda x: x[0])]
+
+
+def shard(ts: list[Trial], k: int, n: int) -> list[Trial]:
+    """The k-th (1-based) of n parts: whole tickets per part, greedily balanced by cost."""
+    groups: dict[str, list[Trial]] = {}
+    for t in ts:
+        groups.setdefault(t.ticket_id, []).append(t)
+    loads, parts = [0.0] * n, [[] for _ in range(n)]
+    for tid in sorted(groups, key=lambda g: (-sum(t.cost for t in groups[g]), g)):
+        j = loads.index(min(loads))
+        loads[j] += sum(t.cost for t in groups[tid])
+        parts[j].extend(groups[tid])
+    return parts[k - 1]
+
+
+def _get(cfg: dict[str, Any], dotted: str) -> Any:
+    cur: Any = cfg
+    for part in dotted.split("."):
+        if part == "ticket" and "variant" in cfg and cur is cfg:  # a trial's ticket = ticket + variant
+            cur = {**(cfg.get("ticket") or {}), **(cfg.get("variant") or {})}
+            continue
+        if not isinstance(cur, dict) or part not in cur:
+            return None
+        cur = cur[part]
+    return cur
+
+
+def parse_exclude(items: list[str] | None) -> list[dict[str, str]]:
+    """``--exclude transfer.task=sst2,transfer.seed=2`` -> [{key: value}]: a trial matching every pair of one
+    item is left out (it stays PENDING in the results; a later run without the item runs it)."""
+    out = []
+    for item in items or []:
+        pairs = {}
+        for pair in item.split(","):
+            key, eq, value = pair.partition("=")
+            if not eq or not key.strip():
+                raise SpaceError(f"--exclude: expected KEY=VALUE[,KEY=VALUE], got {item!r}")
+            pairs[key.strip()] = value.strip()
+        out.append(pairs)
+    return out
+
+
+def excluded(t: Trial, rules: list[dict[str, str]]) -> bool:
+    return any(all(str(_get(t.config, k)) == v for k, v in rule.items()) for rule in rules)
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    if not text:
+        return 1, 1
+    try:
+        k, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise SpaceError(f"--shard: expected K/N (e.g. 1/2), got {text!r}") from None
+    if not 1 <= k <= n:
+        raise SpaceError(f"--shard: need 1 <= K <= N, got {text!r}")
+    return k, n
+
+
+# --------------------------------------------------------------------------------------------- the worker side
+
+def _init_worker(slots, cpus: int) -> None:
+    """Pin a worker to a GPU (when there are several) and to ``cpus`` torch threads, before torch is imported."""
+    slot = slots.get()
+    os.environ["OMP_NUM_THREADS"] = str(max(1, cpus))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    gpus = [g for g in os.environ.get("SPARSEBERT_LOCAL_GPUS", "").split(",") if g]
+    if gpus:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
+
+
+def run_trial(trial_dir: str, trial_id: str, stage: str, config: dict[str, Any], max_failures: int) -> dict:
+    """One trial in a worker: the stage's trainable with a DirSession, its log lines in ``log.txt``; retried from
+    its latest checkpoint on failure. Returns what ``result.json`` holds."""
+    from trainables import TRAINABLES
+    from trainables.session import DirSession
+
+    d = Path(trial_dir)
+    t0 = time.time()
+    attempts, error = 0, None
+    while True:
+        attempts += 1
+        session = DirSession(d, trial_id)
+        try:
+            with open(d / "log.txt", "a", buffering=1) as log, contextlib.redirect_stderr(log), \
+                    contextlib.redirect_stdout(log):
+                TRAINABLES[stage](config, session=session)
+            error = None
+            break
+        except Exception as e:  # noqa: BLE001 -- a trial's failure is reported, not raised
+            error = {"type": type(e).__name__, "message": str(e).strip(), "traceback": traceback.format_exc()}
+            with open(d / "log.txt", "a") as log:
+                log.write(error["traceback"])
+            if attempts > max_failures:
+                break
+    result = {"trial_id": trial_id, "status": "ERROR" if error else "TERMINATED", "error": error,
+              "metrics": session.last, "wall_s": time.time() - t0, "attempts": attempts}
+    tmp = d / (RESULT + ".tmp")
+    tmp.write_text(json.dumps(result, default=str, indent=1))
+    os.replace(tmp, d / RESULT)
+    return result
+
+
+# --------------------------------------------------------------------------------------------- the driver side
+
+@dataclass
+class LocalResult:
+    """One trial as :func:`search.results.results_frame` reads a Tune result."""
+
+    metrics: dict[str, Any]
+    config: dict[str, Any]
+    error: Exception | None
+    path: str
+    metrics_dataframe: Any
+
+
+def _error(e: dict | None) -> Exception | None:
+    if not e:
+        return None
+    return type(e["type"], (Exception,), {})(e["message"] or e["type"])
+
+
+def collect(exp_dir: Path, ts: list[Trial]) -> list[LocalResult]:
+    import pandas as pd
+
+    out = []
+    for t in sorted(ts, key=lambda t: t.index):
+        d = exp_dir / t.trial_id
+        rows = []
+        if (d / "progress.jsonl").is_file():
+            for line in (d / "progress.jsonl").read_text().splitlines():
+                with contextlib.suppress(json.JSONDecodeError):  # a line cut by a crash
+                    rows.append(json.loads(line))
+        res = json.loads((d / RESULT).read_text()) if (d / RESULT).is_file() else {}
+        # without result.json a trial did not end (interrupted, or never started): PENDING, whatever it reported
+        m = {**(res.get("metrics") or {}), "trial_id": t.trial_id}
+        frame = pd.DataFrame(rows) if rows and res else None  # an unfinished trial's best so far is no score
+        out.append(LocalResult(m, t.config, _error(res.get("error")), str(d), frame))
+    return out
+
+
+def _done(exp_dir: Path, t: Trial) -> bool:
+    f = exp_dir / t.trial_id / RESULT
+    try:
+        return json.loads(f.read_text()).get("status") == "TERMINATED"
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def _fmt_s(s: float) -> str:
+    return f"{s / 60:.1f} min" if s >= 90 else f"{s:.0f} s"
+
+
+def run_local(space: Space, exp_dir: Path, name: str, store_root: Path, workers: int | None = None,
+              shard_spec: str | None = None, exclude: list[str] | None = None) -> int:
+    """Run (or continue) the space's trials in ``exp_dir``; write the results; print a line per trial."""
+    from . import EXIT_BAD_INPUT, EXIT_INTERRUPTED
+
+    t_start = time.time()
+    try:
+        check_local(space)
+        k, n = parse_shard(shard_spec)
+        rules = parse_exclude(exclude)
+    except SpaceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    every = trials(space, store_root)
+    mine = schedule(shard(every, k, n) if n > 1 else every)
+    left_out = [t for t in mine if excluded(t, rules)]
+    mine = [t for t in mine if not excluded(t, rules)]
+    todo = [t for t in mine if not _done(exp_dir, t)]
+    cpus = max(1, int(space.resources.get("cpu", 1)))
+    gpu_share = float(space.resources.get("gpu", 0) or 0)
+    ngpu = _gpu_count() if gpu_share and space.runtime["device"] != "cpu" else 0
+    default = max(1, (os.cpu_count() or 1) // cpus)
+    if ngpu:
+        default = min(default, int(ngpu / gpu_share))
+    workers = max(1, min(workers or default, len(todo) or 1))
+    print(f"local executor: {len(every)} trial(s) in the space"
+          + (f", shard {k}/{n}: {len(mine) + len(left_out)}" if n > 1 else "")
+          + (f", {len(left_out)} excluded" if left_out else "")
+          + f", {len(mine) - len(todo)} already finished, {len(todo)} to run; {workers} worker(s)"
+          + (f" on {ngpu} GPU(s)" if ngpu else " on the CPU") + f", {cpus} thread(s) each", flush=True)
+    for t in todo:
+        (exp_dir / t.trial_id).mkdir(parents=True, exist_ok=True)
+        (exp_dir / t.trial_id / "config.json").write_text(json.dumps(t.config, indent=1, default=str))
+    ctx = mp.get_context("spawn")
+    slots = ctx.Queue()
+    for i in range(workers):
+        slots.put(i)
+    done_n, failed, cost_left = 0, 0, sum(t.cost for t in todo)
+    interrupted = False
+    if ngpu:
+        os.environ.setdefault("SPARSEBERT_LOCAL_GPUS", ",".join(str(i) for i in range(ngpu)) if ngpu > 1 else "")
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(slots, cpus))
+    try:
+        futs = {pool.submit(run_trial, str(exp_dir / t.trial_id), t.trial_id, space.stage, t.config,
+                            space.tune["max_failures"]): t for t in todo}
+        pending = set(futs)
+        while pending:
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for f in finished:
+                t = futs[f]
+                done_n += 1
+                cost_left -= t.cost
+                try:
+                    res = f.result()
+                except Exception as e:  # the worker process itself died
+                    res = {"status": "ERROR", "error": {"type": type(e).__name__, "message": str(e)},
+                           "metrics": {}, "wall_s": 0.0}
+                elapsed = time.time() - t_start
+                rate = (sum(x.cost for x in todo) - cost_left) / max(elapsed, 1e-9)
+                print(f"[{done_n}/{len(todo)} {_fmt_s(elapsed)}, ETA {_fmt_s(cost_left / rate if rate else 0)}] "
+                      f"{t.label}: {_outcome(res)} in {_fmt_s(res.get('wall_s', 0))}  "
+                      f"({exp_dir.name}/{t.trial_id}/log.txt)", flush=True)
+                failed += res["status"] == "ERROR"
+        pool.shutdown()
+    except KeyboardInterrupt:
+        interrupted = True
+        print(f"\ninterrupted: trials in flight are stopped; `run_search.py resume {exp_dir} --executor local` "
+              "runs what did not finish", file=sys.stderr)
+        procs = list((getattr(pool, "_processes", None) or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for p in procs:  # the trials in flight: stop them now (their latest checkpoints stay)
+            p.terminate()
+    df = write_results(collect(exp_dir, every), exp_dir, name)
+    code = summarize(df[df["trial_id"].isin([t.trial_id for t in mine])] if n > 1 else df, exp_dir,
+                     time.time() - t_start)
+    return EXIT_INTERRUPTED if interrupted else code
+
+
+def _outcome(res: dict) -> str:
+    if res["status"] == "ERROR":
+        msg = (res["error"].get("message") or "").splitlines()
+        return f"FAILED {res['error']['type']}: {msg[-1][:120] if msg else ''}"
+    m = res.get("metrics") or {}
+    out = f"score {m['score']:.4f}" if isinstance(m.get("score"), (int, float)) else "done"
+    for k in ("mlm_loss", "kd_loss"):
+        if isinstance(m.get(k), float):
+            out += f" ({k.split('_')[0]} {m[k]:.4f})"
+    return out
+
+
+def _gpu_count() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count()
+    except Exception:  # noqa: BLE001
+        return 0

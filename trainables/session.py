@@ -1,0 +1,86 @@
+"""Where a trainable reports to and resumes from: Ray Tune's session, or a plain trial directory.
+
+A trainable body is the same under both; it receives a :class:`Session`:
+
+* :class:`TuneSession` -- ``ray.tune.report`` (with a checkpoint) and ``ray.tune.get_checkpoint``; Ray is imported
+  only when it is called, so the trainables import on a machine without Ray.
+* :class:`DirSession` -- the local executor's (:mod:`search.local`): rows appended to ``<trial>/progress.jsonl``,
+  the latest checkpoint kept as ``<trial>/checkpoint/`` (replaced atomically), resumed from there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator, Protocol
+
+
+class Session(Protocol):
+    def report(self, row: dict[str, Any], checkpoint: Path | None = None) -> None:
+        """One result row; ``checkpoint``: a directory to keep as the trial's latest checkpoint (copied)."""
+
+    def resume_dir(self) -> contextlib.AbstractContextManager[Path | None]:
+        """The directory of the trial's latest checkpoint, or None on a fresh start."""
+
+
+class TuneSession:
+    def report(self, row: dict[str, Any], checkpoint: Path | None = None) -> None:
+        from ray import tune
+
+        if checkpoint is None:
+            tune.report(row)
+        else:
+            tune.report(row, checkpoint=tune.Checkpoint.from_directory(str(checkpoint)))
+
+    @contextlib.contextmanager
+    def resume_dir(self) -> Iterator[Path | None]:
+        from ray import tune
+
+        ckpt = tune.get_checkpoint()
+        if ckpt is None:
+            yield None
+            return
+        with ckpt.as_directory() as d:
+            yield Path(d)
+
+
+PROGRESS, CHECKPOINT = "progress.jsonl", "checkpoint"
+
+
+class DirSession:
+    """A trial directory as the session: what Tune keeps per trial, without Ray."""
+
+    def __init__(self, trial_dir: str | os.PathLike, trial_id: str):
+        self.dir = Path(trial_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.trial_id = trial_id
+        self.t0 = time.time()
+        self.iteration = sum(1 for _ in open(self.dir / PROGRESS)) if (self.dir / PROGRESS).is_file() else 0
+        self.last: dict[str, Any] = {}
+
+    def report(self, row: dict[str, Any], checkpoint: Path | None = None) -> None:
+        if checkpoint is not None:  # checkpoint first: a row on disk always has its state beside it
+            tmp = Path(tempfile.mkdtemp(dir=self.dir, prefix=".checkpoint-"))
+            shutil.copytree(checkpoint, tmp, dirs_exist_ok=True)
+            old = self.dir / (CHECKPOINT + ".old")
+            if (self.dir / CHECKPOINT).exists():
+                os.replace(self.dir / CHECKPOINT, old)
+            os.replace(tmp, self.dir / CHECKPOINT)
+            shutil.rmtree(old, ignore_errors=True)
+        self.iteration += 1
+        self.last = {**row, "training_iteration": self.iteration, "trial_id": self.trial_id,
+                     "time_total_s": time.time() - self.t0, "timestamp": int(time.time())}
+        with open(self.dir / PROGRESS, "a") as f:
+            f.write(json.dumps(self.last, default=str) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    @contextlib.contextmanager
+    def resume_dir(self) -> Iterator[Path | None]:
+        d = self.dir / CHECKPOINT
+        yield d if d.is_dir() else None
