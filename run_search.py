@@ -20,10 +20,12 @@ Devices: a space's `device` (auto | cpu | cuda | cuda:N | mps) and `precision` (
 each trial computes; `resources: {gpu: 0.25}` packs four trials on one GPU. With auto, a trial that reserves a GPU
 uses the one Ray made visible to it, in bf16 where the GPU supports it; otherwise the CPU in fp32.
 
-Ray: without --address (or RAY_ADDRESS) a local Ray starts with token auth disabled (RAY_AUTH_MODE=disabled: a
-single-machine run opens no port to others). With --address the cluster's own auth applies (start clusters with
-RAY_AUTH_MODE=token and share ~/.ray/auth_token, see README). Multi-node runs need --storage on a path (or URI)
-every node can reach.
+Ray: without --address (or RAY_ADDRESS) a local Ray starts bound to loopback (127.0.0.1: no port open to other
+machines) with token auth on (Ray's default; the token is ~/.ray/auth_token, created 0600 if missing; an explicit
+RAY_AUTH_MODE / RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH is respected). Other local tools reach it at 127.0.0.1:PORT
+with RAY_AUTH_MODE=token RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0. With --address the cluster's own auth applies (start
+clusters with RAY_AUTH_MODE=token and share one token file, see README). Multi-node runs need --storage on a path
+(or URI) every node can reach.
 
 Executors: `ray` (default) runs the trials as a Ray Tune experiment (schedulers, searchers, clusters). `local` runs a
 grid space's trials to the end in a pool of worker processes on this machine without importing Ray (a GPU box
@@ -76,6 +78,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--max-concurrent", type=int, default=None, help="cap concurrent trials")
     _executor_args(r)
     r.add_argument("--dry-run", action="store_true", help="validate and print the trial count; run nothing")
+    r.add_argument("--verbose", action="store_true",
+                   help="Tune's own console output and every trial's log lines, instead of the compact live view "
+                        "(the logs are always in <experiment>/<trial>/log.txt)")
     r.add_argument("--overwrite", action="store_true", help="delete an existing experiment of the same name")
     r.add_argument("--no-shared-inputs", action="store_true",
                    help="let every trial tokenize its own text instead of receiving it through the object store "
@@ -105,6 +110,8 @@ def main(argv=None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = _parser().parse_args(argv)
+    if getattr(args, "verbose", False):
+        os.environ["SPARSEBERT_VERBOSE"] = "1"
     from search import experiment
 
     return {"run": experiment.cmd_run, "resume": experiment.cmd_resume, "report": experiment.cmd_report,

@@ -7,10 +7,12 @@ PAUSED for a sweep read while it runs.
 
 from __future__ import annotations
 
+import io
 import math
 import os
+import sys
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import pandas as pd
@@ -34,17 +36,97 @@ DAGGER = "†"
 DAGGER_NOTE = f"{DAGGER} stopped early by the scheduler (ASHA) before its last step: the score is a lower bound."
 
 
-def load_results(exp_dir: str | os.PathLike) -> pd.DataFrame:
-    """Read ``EXP_DIR/results.parquet`` (else ``results.csv``). ``df.attrs["exp_dir"]`` remembers the directory."""
+class ResultsDamaged(ValueError):
+    """Neither ``results.parquet`` nor ``results.csv`` of an experiment is intact (the message is one line naming
+    the files and what is wrong with each)."""
+
+
+def _why(e: BaseException) -> str:
+    msg = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {msg[0]}" if msg else type(e).__name__
+
+
+def _read_parquet(path: Path) -> tuple[pd.DataFrame | None, str | None]:
+    """(frame, None) or (None, what is wrong) -- a half-written parquet has no footer, pyarrow cannot open it."""
+    try:
+        return pd.read_parquet(path), None
+    except Exception as e:  # noqa: BLE001 -- ArrowInvalid, OSError, ...: any failure means the file is unusable
+        return None, f"unreadable ({_why(e)})"
+
+
+def _read_csv(path: Path) -> tuple[pd.DataFrame | None, str | None]:
+    """(frame, None) or (None, what is wrong): empty, unparsable, or cut short (a last line without its newline
+    or with fewer fields than the header -- ``to_csv`` ends every row with a newline)."""
+    import csv
+
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        return None, f"unreadable ({e.strerror or e})"
+    if not raw.strip():
+        return None, "empty"
+    try:
+        text = raw.decode("utf-8")
+        rows = list(csv.reader(io.StringIO(text, newline=""), strict=True))
+    except (UnicodeDecodeError, csv.Error) as e:
+        return None, f"unreadable ({_why(e)})"
+    width = len(rows[0])
+    ragged = next((i for i, r in enumerate(rows[1:], 2) if len(r) != width), None)
+    if ragged is not None:
+        return None, f"cut short (line {ragged} has {len(rows[ragged - 1])} of {width} fields)"
+    if not text.endswith("\n"):
+        return None, "cut short (its last line has no newline)"
+    try:
+        return pd.read_csv(io.StringIO(text)), None
+    except Exception as e:  # noqa: BLE001 -- EmptyDataError, ParserError, ...
+        return None, f"unreadable ({_why(e)})"
+
+
+def read_results_files(exp_dir: str | os.PathLike) -> tuple[pd.DataFrame | None, Path | None, list[str]]:
+    """The experiment's results table from whichever of ``results.parquet`` / ``results.csv`` is intact.
+
+    Returns ``(frame, file it came from, warnings)``; ``(None, None, [])`` when neither file exists. Damage: a
+    parquet pyarrow cannot read; a CSV that is empty, unparsable, cut short (ragged or unterminated last line) or
+    has fewer rows than the parquet. The parquet is preferred; a damaged one falls back to an intact CSV and vice
+    versa, each with a warning naming the damaged file. Raises :class:`ResultsDamaged` when no copy is intact."""
     exp_dir = Path(exp_dir)
     pq, csv = exp_dir / RESULTS_PARQUET, exp_dir / RESULTS_CSV
-    if pq.is_file():
-        df = pd.read_parquet(pq)
-    elif csv.is_file():
-        df = pd.read_csv(csv)
-    else:
-        raise FileNotFoundError(f"no results in {exp_dir}: neither {pq} nor {csv} exists")
+    has_pq, has_csv = pq.is_file(), csv.is_file()
+    if not has_pq and not has_csv:
+        return None, None, []
+    df_pq, why_pq = _read_parquet(pq) if has_pq else (None, None)
+    df_csv, why_csv = _read_csv(csv) if has_csv else (None, None)
+    if why_csv == "empty" and df_pq is not None and df_pq.empty:
+        why_csv = None  # a table of no trials is written as an empty CSV
+    if df_csv is not None and df_pq is not None and len(df_csv) < len(df_pq):
+        df_csv, why_csv = None, f"cut short ({len(df_csv)} rows, {pq.name} has {len(df_pq)})"
+    warns = [f"{f} is damaged: {why}" for f, why in ((pq, why_pq), (csv, why_csv)) if why]
+    if df_pq is not None:
+        return df_pq, pq, [w + f"; using {pq.name}" for w in warns]
+    if df_csv is not None:
+        return df_csv, csv, [w + f"; using {csv.name}" for w in warns]
+    missing = [f"{f} does not exist" for f, there in ((pq, has_pq), (csv, has_csv)) if not there]
+    raise ResultsDamaged("no intact results in " + str(exp_dir) + ": " + "; ".join(
+        [f"{f.name} is {why}" for f, why in ((pq, why_pq), (csv, why_csv)) if why] + missing))
+
+
+def load_results(exp_dir: str | os.PathLike, warn: Callable[[str], None] | None = None) -> pd.DataFrame:
+    """Read ``EXP_DIR/results.parquet`` (else ``results.csv``), skipping a damaged copy (see
+    :func:`read_results_files`; ``warn`` gets each warning, default: printed to stderr as ``warning: ...``).
+    ``df.attrs["exp_dir"]`` remembers the directory, ``df.attrs["results_file"]`` the file read.
+
+    Raises FileNotFoundError when neither file exists, :class:`ResultsDamaged` when neither is intact."""
+    exp_dir = Path(exp_dir)
+    df, src, warns = read_results_files(exp_dir)
+    if df is None:
+        raise FileNotFoundError(f"no results in {exp_dir}: neither {exp_dir / RESULTS_PARQUET} nor "
+                                f"{exp_dir / RESULTS_CSV} exists")
+    for w in warns:
+        (warn or (lambda m: print(f"warning: {m}", file=sys.stderr)))(w)
     df.attrs["exp_dir"] = str(exp_dir)
+    df.attrs["results_file"] = str(src)
+    if warns:
+        df.attrs["results_warnings"] = list(warns)
     return df
 
 

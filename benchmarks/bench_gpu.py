@@ -223,12 +223,14 @@ def main() -> None:
         for r in rows:
             rec(f"{r['precision']:<10}{r['step']:<14}{r['ms']:>10.1f}{r['ratio']:>10.2f}")
         rec("targets (bf16, BERT-base, 16 x 512): TAMT-KD <= 1.30x dense, TAMT-MLM <= 1.15x")
+        rec.write(args.out, rt.describe())  # after each part: a run cut short keeps what it measured
     if "finetune" in parts:
         out = finetune_worker(args)
         rec(f"\nMiniLM fine-tuning ({out['device']}, {out['precision']}): {out['fixed_steps_per_s']:.1f} steps/s at "
               f"{args.ft_batch} x {args.ft_seq}; {out['polarity_steps_per_s']:.1f} steps/s on polarity with "
               f"length-bucketed dynamic padding ({100 * out['polarity_padding']:.1f} % padding)")
         rec("target: >= 100 steps/s at 32 x 128 bf16 on an H100-class GPU")
+        rec.write(args.out, rt.describe())
     if "packed" in parts:
         n = args.packed if gpu else 2
         p = bench_packed(args, n)

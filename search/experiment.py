@@ -20,7 +20,7 @@ def _check_executor(space, args) -> str | None:
         if getattr(args, "shard", None) or getattr(args, "exclude", None):
             msg = "--shard and --exclude need --executor local"
     else:
-        from .local import check_local, parse_exclude, parse_shard
+        from .trial_list import check_local, parse_exclude, parse_shard
 
         try:
             check_local(space)
@@ -44,7 +44,7 @@ SPACE_COPY = "space.json"
 
 
 def cmd_run(args) -> int:
-    from search_spaces.loader import check_machine, load_space
+    from search_spaces.loader import check_machine, check_models, load_space
     from search_spaces.space import SpaceError, as_dict, finder_runs, grid_size
 
     try:
@@ -63,14 +63,16 @@ def cmd_run(args) -> int:
     print(f"space {space.path.name}: stage {space.stage}, {n} trial(s){' (smoke)' if args.smoke else ''}, "
           f"metric {space.metric} ({space.mode}), scheduler {space.tune['scheduler']['type']}, "
           f"searcher {space.tune['searcher']['type']}")
-    try:
-        for note in check_machine(space, getattr(args, "gpus", None), local=not args.address):
-            print(f"note: {note}")
-    except SpaceError as e:
-        if not args.dry_run:
-            print(f"error: {e}", file=sys.stderr)
-            return EXIT_BAD_INPUT
-        print(f"note (a real run stops here): {e}")
+    for check in (lambda: check_machine(space, getattr(args, "gpus", None), local=not args.address),
+                  lambda: check_models(space, local=not args.address)):  # models: configs only, never weights
+        try:
+            for note in check():
+                print(f"note: {note}")
+        except SpaceError as e:
+            if not args.dry_run:
+                print(f"error: {e}", file=sys.stderr)
+                return EXIT_BAD_INPUT
+            print(f"note (a real run stops here): {e}")
     print(f"runtime: device {space.runtime['device']}, precision {space.runtime['precision']}, "
           f"per trial {space.resources}")
     if args.dry_run:
@@ -96,17 +98,31 @@ def cmd_run(args) -> int:
 
 
 def cmd_resume(args) -> int:
-    from search_spaces.loader import SpaceError, check_machine, validate
+    from search_spaces.loader import SpaceError, check_machine, check_models, validate
+
+    from .resume_checks import location, untrusted
 
     exp_dir = Path(args.experiment).expanduser().resolve()
     meta_file = exp_dir / SPACE_COPY
     if not meta_file.is_file():
         print(f"error: {exp_dir} is not an experiment directory (no {SPACE_COPY})", file=sys.stderr)
         return EXIT_BAD_INPUT
-    meta = json.loads(meta_file.read_text())
+    bad = untrusted(exp_dir)  # before anything in it is read: Tune's restore unpickles (runs) what is there
+    if bad:
+        print(f"error: refusing to resume {exp_dir}: {bad[0]}" + (f" (and {len(bad) - 1} more)" if len(bad) > 1
+              else "") + "; restoring it would load code anyone who can write there may have put in it. If you "
+              f"trust its contents: chown -R $USER {exp_dir} && chmod -R go-w {exp_dir}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     try:
-        space = validate(Path(meta["space"]["path"]), meta["space"]["raw"])
-        for note in check_machine(space, args.gpus, local=not args.address):
+        meta = json.loads(meta_file.read_text())
+        raw, path = meta["space"]["raw"], Path(meta["space"]["path"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        print(f"error: {meta_file} is damaged ({type(e).__name__}: {e}); nothing was run or written", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        space = validate(path, raw)
+        for note in check_machine(space, args.gpus, local=not args.address) + check_models(space,
+                                                                                          local=not args.address):
             print(f"note: {note}")
     except SpaceError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -117,17 +133,26 @@ def cmd_resume(args) -> int:
         print(f"error: a proxy-guided experiment resumes by running it again: `run_search.py run {space.path} "
               f"--overwrite` (every ticket already made is taken from the store)", file=sys.stderr)
         return EXIT_BAD_INPUT
-    return _execute(space, exp_dir, meta["storage"], meta["name"], Path(meta["store_root"]), args, restore=True)
+    storage, name, notes = location(exp_dir, meta)  # where it is now, not where space.json says it was made
+    for note in notes:
+        print(f"note: {note}")
+    return _execute(space, exp_dir, storage, name, Path(meta["store_root"]), args, restore=True)
 
 
 def cmd_report(args) -> int:
+    from analysis.results_io import ResultsDamaged
+
     exp_dir = Path(args.experiment)
     if not (exp_dir / "results.parquet").is_file() and not (exp_dir / "results.csv").is_file():
         print(f"error: no results in {exp_dir}", file=sys.stderr)
         return EXIT_BAD_INPUT
     from analysis.report import write_report
 
-    print(write_report(exp_dir, exclude_stopped=getattr(args, "exclude_stopped", False)))
+    try:
+        print(write_report(exp_dir, exclude_stopped=getattr(args, "exclude_stopped", False)))
+    except ResultsDamaged as e:  # neither results.parquet nor results.csv is intact (a fallback only warns)
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     return EXIT_OK
 
 

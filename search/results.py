@@ -1,12 +1,18 @@
 """One row per trial -- the results schema every consumer reads (``analysis`` reads these files) -- written as
-``results.parquet`` + ``results.csv``, and the summary printed at the end of a run."""
+``results.parquet`` + ``results.csv``, and the summary printed at the end of a run.
+
+The files are written atomically (temporary file, fsync, rename) and never replaced by a table that finished
+fewer trials (that one goes to ``results.partial.parquet|csv``); a full disk is a :class:`ResultsWriteError`
+naming the file, which the commands report as an infrastructure error (exit 3)."""
 
 from __future__ import annotations
 
+import errno
 import os
+import sys
 from pathlib import Path
 
-from . import EXIT_FAILED, EXIT_OK
+from . import EXIT_FAILED, EXIT_INFRA, EXIT_OK
 
 #: per-trial columns taken from the trial's last report (besides every numeric metric as ``metric/<name>``)
 RESULT_COLUMNS = ("label", "ticket_id", "ticket_path", "mlm_loss", "kd_loss", "kd_loss_mse", "task", "score", "best_score",
@@ -63,13 +69,107 @@ def results_frame(result_grid, experiment: str):
     return df
 
 
+class ResultsWriteError(OSError):
+    """The results table could not be written (disk full, read-only, ...): the message names the file; the files
+    that were there before are unchanged."""
+
+
+PARTIAL = "results.partial"  # a table with fewer finished trials than the one on disk goes here, beside it
+
+
+def _fsync_dir(d: Path) -> None:
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_pair(df, stem: Path) -> list[Path]:
+    """``stem.parquet`` and ``stem.csv``, atomically: both written to temporary files and fsynced, then renamed
+    over the old pair -- a crash or a full disk leaves the old files as they were (never half a file)."""
+    out = [stem.with_name(stem.name + ".parquet"), stem.with_name(stem.name + ".csv")]
+    tmps = [p.with_name(f".{p.name}.{os.getpid()}.tmp") for p in out]
+    current = out[0]
+    try:
+        for target, tmp in zip(out, tmps):
+            current = target
+            with open(tmp, "wb") as f:
+                if target.suffix == ".parquet":
+                    df.to_parquet(f, index=False)
+                else:
+                    f.write(df.to_csv(index=False).encode("utf-8"))
+                f.flush()
+                os.fsync(f.fileno())
+        for target, tmp in zip(out, tmps):
+            current = target
+            os.replace(tmp, target)
+        _fsync_dir(stem.parent)
+    except BaseException as e:
+        for tmp in tmps:  # free the space a half-written temporary file holds
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
+        if not isinstance(e, OSError):
+            raise
+        full = e.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in str(e)
+        what = "no space left on device" if full else (e.strerror or str(e))
+        raise ResultsWriteError(e.errno, f"cannot write {current}: {what}" + (
+            f" (the previous {current.name} is unchanged)" if current.exists() else "")) from e
+    return out
+
+
+def _finished_on_disk(exp_dir: Path) -> tuple[set, int, str | None]:
+    """(trial ids, count) of the TERMINATED trials in the results already in ``exp_dir`` (an intact copy), and a
+    note when the files there are damaged."""
+    from analysis.results_io import ResultsDamaged, read_results_files
+
+    try:
+        old, _, _ = read_results_files(exp_dir)
+    except ResultsDamaged as e:
+        return set(), 0, str(e)
+    if old is None or "status" not in old:
+        return set(), 0, None
+    done = old[old["status"].astype(str) == "TERMINATED"]
+    ids = set(done["trial_id"].dropna().astype(str)) if "trial_id" in done else set()
+    return ids, len(done), None
+
+
 def write_results(result_grid, exp_dir: Path, experiment: str):
+    """Write the table of ``result_grid`` as ``results.parquet`` + ``results.csv`` in ``exp_dir`` (atomically) and
+    return it. Never replaces a table with one that has fewer finished (TERMINATED) trials, or loses one of them:
+    the new table then goes beside it as ``results.partial.parquet|csv`` (said on stderr; ``df.attrs["kept"]``
+    holds the reason, and :func:`summarize` returns EXIT_INFRA). Raises :class:`ResultsWriteError` when the disk
+    is full (or the files cannot be written otherwise), naming the file."""
     df = results_frame(result_grid, experiment)
-    exp_dir.mkdir(parents=True, exist_ok=True)
-    tmp = exp_dir / ".results.parquet.tmp"
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, exp_dir / "results.parquet")
-    df.to_csv(exp_dir / "results.csv", index=False)
+    exp_dir = Path(exp_dir)
+    try:
+        exp_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ResultsWriteError(e.errno, f"cannot create {exp_dir}: {e.strerror or e}") from e
+    old_ids, old_n, damaged = _finished_on_disk(exp_dir)
+    done = df[df["status"] == "TERMINATED"] if len(df) else df
+    new_ids = set(done["trial_id"].dropna().astype(str)) if len(df) else set()
+    lost = old_ids - new_ids
+    if len(done) < old_n or lost:
+        reason = (f"the new table has {len(done)} finished trial(s), {exp_dir / 'results.parquet'} has {old_n}"
+                  + (f" ({len(lost)} of them not finished in the new one, e.g. {sorted(lost)[0]})" if lost else ""))
+        paths = _write_pair(df, exp_dir / PARTIAL)
+        print(f"warning: {reason}: kept results.parquet and results.csv; the new table is in {paths[0]} "
+              f"(and .csv)", file=sys.stderr)
+        df.attrs["kept"] = reason
+        df.attrs["results_file"] = str(paths[0])
+        return df
+    if damaged:
+        print(f"warning: {damaged}: replacing them with the new table", file=sys.stderr)
+    paths = _write_pair(df, exp_dir / "results")
+    df.attrs["results_file"] = str(paths[0])
     return df
 
 
@@ -77,7 +177,7 @@ def summarize(df, exp_dir: Path, wall: float) -> int:
     n = len(df)
     by = df["status"].value_counts().to_dict() if n else {}
     print(f"\n== {n} trials in {wall:.0f}s: " + ", ".join(f"{v} {k.lower()}" for k, v in sorted(by.items())))
-    print(f"== results: {exp_dir / 'results.parquet'} (and .csv)")
+    print(f"== results: {df.attrs.get('results_file') or exp_dir / 'results.parquet'} (and .csv)")
     cols = [c for c in ("label", "sparsity", "task", "status", "mlm_loss", "kd_loss", "best_score", "time_total_s")
             if c in df and df[c].notna().any()]
     if n:
@@ -90,4 +190,8 @@ def summarize(df, exp_dir: Path, wall: float) -> int:
     failed = df[df["status"] == "ERROR"] if n else df
     for _, row in failed.iterrows():
         print(f"!! trial {row['trial_id']} failed: {row['error']}")
+    if df.attrs.get("kept"):
+        print(f"!! results.parquet was kept: {df.attrs['kept']}; the experiment state in {exp_dir} may be "
+              "damaged (this run's table is in results.partial.parquet)")
+        return EXIT_INFRA
     return EXIT_FAILED if len(failed) else EXIT_OK

@@ -157,8 +157,8 @@ def ticket_table(store: str | os.PathLike = "results") -> pd.DataFrame:
     used = _experiment_ids(store)
     rows = []
     for d in sorted(tdir.iterdir()) if tdir.is_dir() else []:
-        if not d.is_dir() or d.name.startswith(".") or not (d / META_FILE).is_file() \
-                or not (d / MASK_FILE).is_file():
+        if not d.is_dir() or d.name.startswith(".") or ".corrupt-" in d.name or not (d / META_FILE).is_file() \
+                or not (d / MASK_FILE).is_file():  # quarantined tickets (<id>.corrupt-<time>) are not tickets
             continue
         try:
             meta = read_meta(d)

@@ -17,15 +17,46 @@ def is_uri(s: str) -> bool:
 
 
 def init_ray(address: str | None, cpus: int | None, gpus: int | None = None) -> None:
+    """Join the cluster at ``address`` (its own auth applies), or start a local Ray that only this machine's
+    loopback can reach and that refuses callers without its token.
+
+    Local Ray: (1) token auth stays on (Ray 2.60's default when RAY_AUTH_MODE is unset; an explicit RAY_AUTH_MODE
+    is respected). The token is Ray's default ``~/.ray/auth_token``, created here with mode 0600 in a 0700 dir when
+    missing (Ray itself would write it with the umask's mode, usually 0644) and tightened to 0600 when others can
+    read it; RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH, when set, are used as they are. (2) Every Ray server (GCS,
+    raylet, object manager, runtime-env agent, driver and worker gRPC ports) binds 127.0.0.1 instead of all
+    interfaces: Ray's local-only mode (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, the default on macOS/Windows), in
+    which ``_node_ip_address="127.0.0.1"`` stays loopback rather than being mapped to the outward address."""
     import ray
 
     if ray.is_initialized():
         return
     if address:
         ray.init(address=address, log_to_driver=True)
-    else:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        ray.init(num_cpus=cpus or os.cpu_count(), num_gpus=gpus, include_dashboard=False, log_to_driver=True)
+        return
+    mode = os.environ.get("RAY_AUTH_MODE")
+    if (mode is None or mode.lower() == "token") and not (os.environ.get("RAY_AUTH_TOKEN")
+                                                          or os.environ.get("RAY_AUTH_TOKEN_PATH")):
+        import secrets
+        import stat
+
+        token = Path.home() / ".ray" / "auth_token"
+        token.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not token.is_file() or not token.read_text().strip():
+            fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))  # 256 bits, the format of `ray get-auth-token --generate`
+        if stat.S_IMODE(token.stat().st_mode) & 0o077:
+            token.chmod(0o600)
+            print(f"note: {token} was readable by other users; made it 0600", file=sys.stderr)
+    # local-only Ray: read at import by ray._private.ray_constants (ray may be imported already), and in the env for
+    # the processes Ray starts
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    import ray._private.ray_constants as ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    ray.init(num_cpus=cpus or os.cpu_count(), num_gpus=gpus, include_dashboard=False, log_to_driver=True,
+             _node_ip_address="127.0.0.1")
 
 
 def shared_inputs(space):
@@ -91,6 +122,18 @@ def trial_name(trial) -> str:
     return "_".join(b for b in bits if b) + f"_{trial.trial_id}"
 
 
+def _console(space) -> dict:
+    """The compact live view (search/live_view.py) with Tune's own output off; ``--verbose``
+    (SPARSEBERT_VERBOSE=1) gives Tune's output and the trials' log lines instead."""
+    if os.environ.get("SPARSEBERT_VERBOSE") == "1":
+        return {}
+    from .live_view import LiveView
+
+    # Tune's advice to checkpoint less often, printed at every snapshot of short trials: not for this console
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    return {"verbose": 0, "callbacks": [LiveView(space.metric, space.mode)]}
+
+
 def build_tuner(space, exp_dir: Path, storage: str, name: str, store_root: Path, shared, max_concurrent):
     from ray import tune
     from ray.tune import CheckpointConfig, FailureConfig, RunConfig
@@ -107,7 +150,7 @@ def build_tuner(space, exp_dir: Path, storage: str, name: str, store_root: Path,
             max_concurrent_trials=max_concurrent or space.tune.get("max_concurrent"),
         ),
         run_config=RunConfig(
-            name=name, storage_path=storage,
+            name=name, storage_path=storage, **_console(space),
             failure_config=FailureConfig(max_failures=space.tune["max_failures"]),
             # PBT exploits other trials' checkpoints: keep a few; otherwise the last one is enough
             checkpoint_config=CheckpointConfig(num_to_keep=4 if space.tune["scheduler"]["type"] == "pbt" else 1),
@@ -116,15 +159,32 @@ def build_tuner(space, exp_dir: Path, storage: str, name: str, store_root: Path,
 
 
 def fit(space, exp_dir, storage, name, store_root, args, restore: bool) -> int:
+    from .results import ResultsWriteError
+    from .resume_checks import kept_note, tune_state_damage
+
     t0 = time.time()
+    exp_dir = Path(exp_dir)
+    # the Tune experiment: a local one is the directory itself (resume: where it is now), a URI one <storage>/<name>
+    path = f"{storage}/{name}" if is_uri(storage) else str(exp_dir)
+    if restore and not is_uri(storage):
+        damage = tune_state_damage(exp_dir)  # named before Ray starts; nothing in it is unpickled here
+        if damage:
+            print(f"error: cannot resume {exp_dir}: its Tune state is damaged: {damage}; {kept_note(exp_dir)}",
+                  file=sys.stderr)
+            return EXIT_INFRA
     try:
         init_ray(args.address, args.cpus, getattr(args, "gpus", None))
         shared = None if getattr(args, "no_shared_inputs", False) else shared_inputs(space)
         if restore:
             from ray import tune
 
-            tuner = tune.Tuner.restore(str(Path(storage) / name) if not is_uri(storage) else f"{storage}/{name}",
-                                       trainable=trainable(space, shared), resume_errored=True)
+            try:
+                tuner = tune.Tuner.restore(path, trainable=trainable(space, shared), resume_errored=True)
+            except Exception as e:  # noqa: BLE001 -- a state the checks above could not see is damaged
+                print(f"error: cannot resume {path}: Tune cannot restore its state ({type(e).__name__}: "
+                      f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}); {kept_note(exp_dir)}",
+                      file=sys.stderr)
+                return EXIT_INFRA
         else:
             tuner = build_tuner(space, exp_dir, storage, name, store_root, shared, getattr(args, "max_concurrent", None))
         grid = tuner.fit()
@@ -133,9 +193,14 @@ def fit(space, exp_dir, storage, name, store_root, args, restore: bool) -> int:
         _write_partial(storage, name, exp_dir, space)
         return EXIT_INTERRUPTED
     except Exception as e:  # Ray could not run the experiment at all
-        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        print(f"error: {type(e).__name__}: {e}" + (f"; {kept_note(exp_dir)}" if restore else ""), file=sys.stderr)
         return EXIT_INFRA
-    df = write_results(grid, exp_dir, name)
+    try:
+        df = write_results(grid, exp_dir, name)
+    except ResultsWriteError as e:  # e.g. the disk is full: the files there before are unchanged
+        print(f"error: {e}; the trials' own directories and the Tune state are kept: free space, then "
+              f"`run_search.py resume {exp_dir}`", file=sys.stderr)
+        return EXIT_INFRA
     return summarize(df, exp_dir, time.time() - t0)
 
 
@@ -143,7 +208,8 @@ def _write_partial(storage, name, exp_dir, space) -> None:
     try:
         from ray import tune
 
-        grid = tune.Tuner.restore(str(Path(storage) / name), trainable=trainable(space, None)).get_results()
+        path = f"{storage}/{name}" if is_uri(storage) else str(exp_dir)
+        grid = tune.Tuner.restore(path, trainable=trainable(space, None)).get_results()
         write_results(grid, exp_dir, name)
     except Exception as e:  # best effort: the experiment state on disk is what resume uses
         print(f"(partial results not written: {e})", file=sys.stderr)

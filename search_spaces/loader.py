@@ -22,6 +22,8 @@ A space file (see ``demo.yaml``) has these top-level keys, and each is consumed 
 Any value inside ``ticket``/``transfer`` may be a search dimension:
 ``{grid: [...]}``, ``{choice: [...]}``, ``{uniform: [lo, hi]}``, ``{loguniform: [lo, hi]}``, ``{randint: [lo, hi]}``.
 Everything is validated here, before Ray starts; errors name the file and the key. ``--smoke``: search_spaces/smoke.py.
+Local task data (``transfer.data_dir`` / ``$SPARSEBERT_DATA_DIR``) is checked file by file in :func:`validate`; the
+machine (:func:`check_machine`) and the models (:func:`check_models`) by ``run`` before it creates anything.
 """
 
 from __future__ import annotations
@@ -101,6 +103,8 @@ def validate(path: Path, raw: dict[str, Any]) -> Space:
     variants = raw.get("variants")
     if variants is not None and (not isinstance(variants, list) or not all(isinstance(v, dict) for v in variants)):
         raise _err(path, "variants", "must be a list of mappings")
+    if variants == []:  # would run the shared ticket section alone (one OMP trial by default): not what was meant
+        raise _err(path, "variants", "an empty list; omit the key for a single ticket")
     for k, v in ticket.items():
         if _is_dim(v):
             _check_dim(path, f"ticket.{k}", v)
@@ -131,6 +135,7 @@ def validate(path: Path, raw: dict[str, Any]) -> Space:
                 raise _err(path, "transfer", str(e)) from None
             if point.get("data_dir") and not Path(point["data_dir"]).expanduser().exists():
                 raise _err(path, "transfer.data_dir", f"{point['data_dir']} does not exist")
+        _check_task_data(path, transfer)
     elif transfer:
         raise _err(path, "transfer", f"only valid for stage transfer (stage is {stage})")
     ev = dict(raw.get("eval") or {})
@@ -199,6 +204,117 @@ def check_machine(space: Space, gpus: int | None = None, local: bool = True) -> 
         return [f"{space.path.name}: resources.gpu: {want} per trial, but this machine has no GPU: trials run on "
                 f"the CPU (device: auto)"]
     return []
+
+
+def _check_task_data(path: Path, transfer: dict) -> None:
+    """Local task data (``transfer.data_dir`` or ``$SPARSEBERT_DATA_DIR``): every file a trial will read (train and
+    evaluation splits) exists and holds a header and a usable row, before anything runs (a missing dev file would
+    otherwise surface after the ticket was made). Hub data is not checked (no download before a run)."""
+    from sparsebert.task_data import check_task_files
+
+    seen = set()
+    for point in _expand(transfer):
+        task, data_dir = str(point.get("task")), point.get("data_dir")
+        if (task, data_dir) in seen:
+            continue
+        seen.add((task, data_dir))
+        try:
+            check_task_files(task, data_dir)
+        except (OSError, ValueError) as e:
+            if data_dir:
+                raise _err(path, "transfer.data_dir", str(e)) from None
+            raise _err(path, "transfer.task", f"{e} ($SPARSEBERT_DATA_DIR={os.environ.get('SPARSEBERT_DATA_DIR')})"
+                       ) from None
+
+
+def check_models(space: Space, local: bool = True) -> list[str]:
+    """Does every model the space names exist here? Checked before anything is written; reads configs only, never
+    weights. Returns notes to print; a model that is not there is a SpaceError naming its key (``model``,
+    ``ticket.model`` or ``variants[i].model``) and what was tried.
+
+    ``embedded-minilm``: its package must be importable. A local directory: it must hold a config.json. A hub name:
+    it must be in the local Hugging Face cache (offline, as ``run_search.py`` runs: HF_HUB_OFFLINE=1), or, online,
+    its config must load from the Hub. ``local=False`` (``--address``: a cluster, whose nodes have their own caches):
+    hub names are not checked (a note says so)."""
+    notes: list[str] = []
+    done: set[str] = set()
+    for key, model in _models(space):
+        if model in done:
+            continue
+        done.add(model)
+        problem, note = _model_problem(model, local)
+        if problem:
+            raise _err(space.path, key, problem)
+        if note:
+            notes.append(f"{space.path.name}: {key}: {note}")
+    return notes
+
+
+def _models(space: Space) -> list[tuple[str, str]]:
+    """(key, model) of every ticket the space can produce; the key says where the model is set."""
+    from sparsebert.finders import FinderSpec
+
+    default = FinderSpec.__dataclass_fields__["model"].default
+    out = []
+    in_ticket = "model" in (space.raw.get("ticket") or {})
+    for i, variant in enumerate(space.variants or [{}]):
+        key = (f"variants[{i}].model" if "model" in variant else "ticket.model" if in_ticket else "model")
+        for point in _expand({**space.ticket, **variant}):
+            out.append((key, str(point.get("model", default))))
+    return out
+
+
+def _hub_offline() -> bool:
+    import huggingface_hub.constants as hc
+
+    env = (os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or "").upper()
+    return env in {"1", "ON", "YES", "TRUE"} or bool(hc.HF_HUB_OFFLINE)
+
+
+def _model_problem(model: str, local: bool) -> tuple[str | None, str | None]:
+    """(what is wrong, a note) for one model name."""
+    from sparsebert.embedded import EMBEDDED_MODEL, resolve_model_path
+
+    if model == EMBEDDED_MODEL:
+        try:
+            resolve_model_path(model)
+        except ImportError as e:
+            return f"{model!r} is not installed: {e}", None
+        return None, None
+    p = Path(model).expanduser()
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            return f"{model}: a directory without config.json (not a Hugging Face model directory)", None
+        return None, None
+    if p.exists():
+        return f"{model}: a file, not a model directory (a local model is a directory with config.json)", None
+    if model.startswith(("/", ".", "~")) or model.count("/") > 1 or "\\" in model or not model.strip():
+        return f"{model!r}: no such directory (a local model is a directory with config.json)", None
+    # a hub name ("name" or "org/name")
+    if not local:
+        return None, (f"{model!r} is a hub name: not checked here (--address: the cluster's nodes load it from "
+                      f"their own Hugging Face cache or the Hub)")
+    from huggingface_hub.constants import HF_HUB_CACHE
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(model, local_files_only=True)
+        return None, None
+    except OSError:
+        cached = f"not in the Hugging Face cache ({HF_HUB_CACHE})"
+    except Exception as e:  # noqa: BLE001  (e.g. ValueError: a config this transformers cannot read)
+        return (f"{model!r}: in the Hugging Face cache but its config does not load ({type(e).__name__}: "
+                f"{' '.join(str(e).split())[:200]})"), None
+    tried = f"not {EMBEDDED_MODEL}, not a local directory, {cached}"
+    if _hub_offline():
+        return (f"{model!r} not found: {tried}; HF_HUB_OFFLINE=1 downloads nothing: download it once online "
+                f"(HF_HUB_OFFLINE=0) or give a local model directory"), None
+    try:
+        AutoConfig.from_pretrained(model)
+        return None, None
+    except Exception as e:  # noqa: BLE001
+        return (f"{model!r} not found: {tried}, not on the Hub ({type(e).__name__}: "
+                f"{' '.join(str(e).split())[:200]})"), None
 
 
 def _culprit(point: dict, variant: dict, i: int) -> str:

@@ -309,6 +309,9 @@ class IMPSpec(TrainedSpec):
         super().__post_init__()
         if abs(round(self.sparsity * 10) - self.sparsity * 10) > 1e-6:
             raise ValueError(f"IMP reaches multiples of 0.1 only, got sparsity {self.sparsity}")
+        if round(self.sparsity * 10) < 1:  # no pruning round: no ticket (the dense model is method 'dense')
+            raise ValueError(f"IMP needs a sparsity > 0 (0.1-0.9, a multiple of its 0.1 pruning step; the unpruned "
+                             f"model is method 'dense'), got {self.sparsity}")
         if self.rewind not in ("pretrained", "encoder", "none"):
             raise ValueError(f"rewind must be pretrained, encoder or none, got {self.rewind!r}")
 

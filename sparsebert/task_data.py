@@ -15,19 +15,19 @@ from __future__ import annotations
 import json
 import logging
 import os
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from .embedded_polarity import prepare_polarity
-from .tasks import TASKS, TaskDataUnavailableError, TaskSpec, get_task
+from .glue_tsv import BOM, _check_utf8, _decode, check_glue_tsv, read_glue_tsv  # noqa: F401  (re-exported)
+from .tasks import TASKS, TaskDataError, TaskDataUnavailableError, TaskSpec, get_task
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["load_task", "read_glue_tsv", "load_squad_json"]
+__all__ = ["load_task", "read_glue_tsv", "load_squad_json", "check_task_files", "TaskDataError"]
+
 
 def _find_task_dir(spec: TaskSpec, data_dir: Path) -> Path | None:
     """The directory holding the task's files: <d>/<TaskDir>, <d>/glue/<TaskDir>, or <d> itself."""
@@ -59,84 +59,54 @@ def train_file(name: str, data_dir: str | os.PathLike | None = None) -> Path | N
     return f if f is not None and f.is_file() else None
 
 
-def _missing(spec: TaskSpec, data_dir: Path, split: str, path: Path | None) -> FileNotFoundError:
+def _missing(spec: TaskSpec, data_dir: Path, split: str, path: Path | None, hint: bool = True) -> FileNotFoundError:
     expected = f"<data_dir>/{spec.local_dir}/{spec.file_for(split)}"
     where = str(path) if path is not None else f"no {spec.local_dir!r} directory under {data_dir}"
     return FileNotFoundError(
         f"{spec.name}: {split} split not found ({where}); expected the {'GLUE' if spec.tsv else 'SQuAD v1.1'} file "
-        f"{expected} (data_dir may be the GLUE root, its parent, or the task directory). "
-        f"Load only the splits you have with splits=(...)."
+        f"{expected} (data_dir may be the GLUE root, its parent, or the task directory)."
+        + (" Load only the splits you have with splits=(...)." if hint else "")
     )
 
 
-def read_glue_tsv(spec: TaskSpec | str, path: str | Path) -> dict[str, list]:
-    """Read one GLUE TSV into columns ``{*text_columns, 'label', 'idx'}`` (plain lists).
-
-    Split on tab with quoting disabled; BOM stripped; blank lines skipped; rows whose column count differs from the
-    header's (or the fixed count of a header-less file) or whose label is unknown are dropped with a warning.
-    """
-    spec = get_task(spec)
-    layout = spec.tsv
-    if layout is None:
-        raise ValueError(f"{spec.name} has no TSV layout")
-    path = Path(path)
-    text = path.read_bytes().decode("utf-8-sig")
-    lines = text.split("\n")
-    rows = [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
-    width = layout.num_columns
-    if layout.has_header:
-        header = rows[0].split("\t")
-        rows = rows[1:]
-        width = len(header)
-        wanted = (*layout.text_positions, layout.label_position)
-        found = tuple(header[p] if -width <= p < width else "" for p in wanted)
-        if layout.header_names and found != layout.header_names:
-            raise ValueError(
-                f"{path}: header {header} does not look like a GLUE {spec.local_dir} file "
-                f"(expected {layout.header_names} at columns {wanted}, found {found})"
-            )
-    label_map = {raw: i for i, raw in enumerate(spec.raw_labels)}
-    cols: dict[str, list] = {c: [] for c in spec.text_columns}
-    labels: list = []
-    idx: list[int] = []
-    bad_width = bad_label = 0
-    for n, row in enumerate(rows):
-        if not row:
-            continue
-        fields = row.split("\t")
-        if len(fields) != width:
-            bad_width += 1
-            continue
-        raw = fields[layout.label_position].strip()
-        if spec.kind == "regression":
-            try:
-                label: Any = float(raw)
-            except ValueError:
-                bad_label += 1
-                continue
+def check_task_files(name: str, data_dir: str | os.PathLike | None = None,
+                     splits: Sequence[str] | str | None = None) -> list[Path]:
+    """Before a run: the local files :func:`load_task` would read for these splits (default: all) exist and are
+    usable (GLUE: UTF-8, the task's header, at least one usable row; SQuAD: a non-empty UTF-8 file). Raises
+    FileNotFoundError or :class:`TaskDataError` naming the file (and the line). Returns the files checked: [] when
+    the task's data is not local (no ``data_dir`` and no ``$SPARSEBERT_DATA_DIR``: the Hub; ``polarity`` without a
+    complete local copy: prepared in the cache)."""
+    spec = get_task(name)
+    wanted = _resolve_splits(spec, splits)
+    if spec.name == "polarity":
+        task_dir = _find_task_dir(spec, Path(data_dir).expanduser()) if data_dir is not None else None
+        if task_dir is None or not all((task_dir / spec.file_for(s)).is_file() for s in wanted):
+            return []
+    else:
+        data_dir = data_dir or os.environ.get("SPARSEBERT_DATA_DIR") or None
+        if data_dir is None:
+            return []
+        d = Path(data_dir).expanduser()
+        if not d.exists():
+            raise FileNotFoundError(f"{spec.name}: data_dir {d} does not exist")
+        task_dir = _find_task_dir(spec, d)
+        if spec.kind == "span" and task_dir is None and d.is_dir():
+            task_dir = d
+    out = []
+    for split in wanted:
+        path = task_dir / spec.file_for(split) if task_dir is not None else None
+        if path is None or not path.is_file():
+            raise _missing(spec, Path(data_dir), split, path, hint=False)
+        if spec.tsv is not None:
+            check_glue_tsv(spec, path)
         else:
-            if raw not in label_map:
-                bad_label += 1
-                continue
-            label = label_map[raw]
-        for c, p in zip(spec.text_columns, layout.text_positions):
-            cols[c].append(fields[p])
-        labels.append(label)
-        idx.append(n)
-    if not labels and (bad_width or bad_label):
-        raise ValueError(
-            f"{path}: no usable row as a GLUE {spec.local_dir} file ({bad_width} rows with a column count other than "
-            f"{width}, {bad_label} with a label outside {list(spec.raw_labels) or 'numbers'}): "
-            f"wrong file for {spec.name}?"
-        )
-    if bad_width or bad_label:
-        msg = (
-            f"{path}: dropped {bad_width + bad_label} malformed row(s) "
-            f"({bad_width} with a column count other than {width}, {bad_label} with an unknown label)"
-        )
-        warnings.warn(msg, stacklevel=2)
-        logger.warning(msg)
-    return {**cols, "label": labels, "idx": idx}
+            _check_utf8(path)
+            with open(path, "rb") as fh:
+                head = fh.read(4096).removeprefix(BOM)
+            if not head.strip():
+                raise TaskDataError(f"{path}: empty file (expected SQuAD v1.1 JSON)")
+        out.append(path)
+    return out
 
 
 def _glue_features(spec: TaskSpec):
@@ -152,9 +122,24 @@ def _glue_features(spec: TaskSpec):
 
 
 def load_squad_json(path: str | Path) -> dict[str, list]:
-    """A SQuAD v1.1 JSON file flattened to columns id/title/context/question/answers{text, answer_start}."""
-    with open(path, encoding="utf-8") as fh:
-        raw = json.load(fh)
+    """A SQuAD v1.1 JSON file flattened to columns id/title/context/question/answers{text, answer_start}.
+    A file that is not UTF-8 JSON in SQuAD v1.1's shape, or holds no question, raises :class:`TaskDataError`."""
+    path = Path(path)
+    try:
+        raw = json.loads(_decode(path, path.read_bytes()))
+    except json.JSONDecodeError as e:
+        raise TaskDataError(f"{path}: line {e.lineno}, column {e.colno}: not valid JSON ({e.msg})") from None
+    try:
+        cols = _flatten_squad(raw)
+    except (KeyError, TypeError, ValueError) as e:
+        raise TaskDataError(f"{path}: not a SQuAD v1.1 file ({type(e).__name__}: {e}; expected "
+                            f"{{'data': [{{'title', 'paragraphs': [{{'context', 'qas': [...]}}]}}]}})") from None
+    if not cols["id"]:
+        raise TaskDataError(f"{path}: no questions (a SQuAD v1.1 file with an empty 'data' list)")
+    return cols
+
+
+def _flatten_squad(raw: dict) -> dict[str, list]:
     cols: dict[str, list] = {"id": [], "title": [], "context": [], "question": [], "answers": []}
     for article in raw["data"]:
         title = article.get("title", "")

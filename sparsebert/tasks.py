@@ -61,6 +61,7 @@ __all__ = [
     "TASKS",
     "GLUE_TASKS",
     "TaskDataUnavailableError",
+    "TaskDataError",
     "task_names",
     "get_task",
     "compute_task_metrics",
@@ -70,6 +71,11 @@ __all__ = [
 
 class TaskDataUnavailableError(RuntimeError):
     """The Hub could not provide a task's data (e.g. offline): pass a local ``data_dir``."""
+
+
+class TaskDataError(ValueError):
+    """A local task file is unusable (not UTF-8, no data rows, another task's layout, not SQuAD JSON): the message
+    names the file and, where there is one, the line."""
 
 
 @dataclass(frozen=True)

@@ -113,3 +113,18 @@ def test_tickets_empty_store_and_bad_path(tmp_path, capsys):
     missing = tmp_path / "nope"
     assert run_search.main(["tickets", str(missing)]) == 2
     assert str(missing) in capsys.readouterr().err
+
+
+def test_tickets_leaves_out_quarantined_tickets(stored):
+    import shutil
+
+    from search.tickets import ticket_table
+
+    store, _, tid, _ = stored
+    aside = store / "tickets" / f"{tid}.corrupt-20261125T000000Z"
+    shutil.copytree(store / "tickets" / tid, aside)
+    try:
+        ids = list(ticket_table(store)["id"])
+        assert tid in ids and not any(".corrupt-" in str(i) for i in ids) and len(ids) == len(set(ids))
+    finally:
+        shutil.rmtree(aside)

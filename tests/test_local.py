@@ -13,7 +13,7 @@ import pytest
 
 import run_search
 from conftest import REPO
-from search.local import expand, parse_exclude, excluded, schedule, shard, trials
+from search.trial_list import excluded, expand, parse_exclude, schedule, shard, trials
 from search_spaces.loader import load_space
 
 

@@ -52,6 +52,10 @@ def setup_worker() -> float:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # per-trial logs: progress lines, not bars
+    if os.environ.get("SPARSEBERT_VERBOSE") != "1":  # Ray's per-checkpoint INFO lines would reach the console
+        import logging
+
+        logging.getLogger("ray").setLevel(logging.WARNING)
     datasets_logging.disable_progress_bar()
     return t0
 
@@ -83,9 +87,18 @@ def eval_spec(config: dict[str, Any]) -> EvalSpec:
     return EvalSpec(**ev)
 
 
-def log_fn(prefix: str) -> Callable[[str], None]:
+def log_fn(prefix: str, path: Path | None = None) -> Callable[[str], None]:
+    """``[prefix] message`` lines: appended to ``path`` (the trial's log.txt under Tune, where the console shows the
+    live view), or to stderr without one or with ``SPARSEBERT_VERBOSE=1`` (``run_search.py run --verbose``)."""
+    to_console = path is None or os.environ.get("SPARSEBERT_VERBOSE") == "1"
+
     def log(msg: str) -> None:
-        print(f"[{prefix}] {msg}", file=sys.stderr, flush=True)
+        line = f"[{prefix}] {msg}"
+        if to_console:
+            print(line, file=sys.stderr, flush=True)
+        if path is not None:
+            with open(path, "a") as f:
+                f.write(f"{time.strftime('%H:%M:%S')} {line}\n")
 
     return log
 

@@ -17,7 +17,7 @@ def evaluate_trainable(config: dict[str, Any], shared: SharedText | None = None,
     spec = finder_spec(config)
     es = eval_spec(config)
     shared = shared or SharedText()
-    log = log_fn(f"evaluate {spec.label()} s={spec.sparsity}")
+    log = log_fn(f"evaluate {spec.label()} s={spec.sparsity}", session.log_path())
     rt = trial_runtime(config, log)
     store = TicketStore(config["store"])
     ticket, made = store.get_or_make(spec, es, shared, log=log, runtime=rt)

@@ -17,7 +17,7 @@ def find_trainable(config: dict[str, Any], shared: SharedText | None = None, ses
     session = session or TuneSession()
     spec = finder_spec(config)
     store = TicketStore(config["store"])
-    log = log_fn(f"find {spec.label()} s={spec.sparsity}")
+    log = log_fn(f"find {spec.label()} s={spec.sparsity}", session.log_path())
     rt = trial_runtime(config, log)
     base = {"stage": "find", **ticket_columns(spec, None, {}, rt)}
     first = {"startup_s": None}

@@ -21,6 +21,9 @@ from typing import Any, Iterator, Protocol
 
 
 class Session(Protocol):
+    def log_path(self) -> Path | None:
+        """The file the trial's log lines go to (None: stderr)."""
+
     def report(self, row: dict[str, Any], checkpoint: Path | None = None) -> None:
         """One result row; ``checkpoint``: a directory to keep as the trial's latest checkpoint (copied)."""
 
@@ -29,6 +32,28 @@ class Session(Protocol):
 
 
 class TuneSession:
+    def log_path(self) -> Path | None:
+        """``<experiment>/<trial>/log.txt`` on the experiment's storage when it is a local (or shared) filesystem,
+        else the trial's working dir (Tune's ``get_trial_dir``, not synced unless ``sync_artifacts``). The storage
+        path comes from Ray's session internals (``StorageContext.trial_fs_path``), hence the fallback."""
+        from ray import tune
+
+        try:
+            import pyarrow.fs
+            from ray.train._internal.session import get_session
+
+            st = get_session().storage
+            if isinstance(st.storage_filesystem, pyarrow.fs.LocalFileSystem):
+                d = Path(st.trial_fs_path)
+                d.mkdir(parents=True, exist_ok=True)
+                return d / "log.txt"
+        except Exception:  # noqa: BLE001 -- internals moved: the working dir
+            pass
+        try:
+            return Path(tune.get_context().get_trial_dir()) / "log.txt"
+        except Exception:  # noqa: BLE001 -- outside a trial: the console
+            return None
+
     def report(self, row: dict[str, Any], checkpoint: Path | None = None) -> None:
         from ray import tune
 
@@ -62,6 +87,9 @@ class DirSession:
         self.t0 = time.time()
         self.iteration = sum(1 for _ in open(self.dir / PROGRESS)) if (self.dir / PROGRESS).is_file() else 0
         self.last: dict[str, Any] = {}
+
+    def log_path(self) -> Path | None:
+        return None  # the local executor already sends the trial's stderr to <trial>/log.txt
 
     def report(self, row: dict[str, Any], checkpoint: Path | None = None) -> None:
         if checkpoint is not None:  # checkpoint first: a row on disk always has its state beside it

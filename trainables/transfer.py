@@ -20,10 +20,12 @@ def transfer_trainable(config: dict[str, Any], shared: SharedText | None = None,
     session = session or TuneSession()
     spec = finder_spec(config)
     ft_cfg, train_cfg = split_transfer(config)
-    log = log_fn(f"transfer {spec.label()} s={spec.sparsity} {ft_cfg.task}")
+    name = f"{spec.label()} s={spec.sparsity} {ft_cfg.task} seed {train_cfg.seed}"
+    log = log_fn(f"{name} | fine-tune", session.log_path())
     rt = trial_runtime(config, log)
     store = TicketStore(config["store"])
-    ticket, made = store.get_or_make(spec, eval_spec(config), shared, log=log, runtime=rt)
+    ticket, made = store.get_or_make(spec, eval_spec(config), shared, runtime=rt,
+                                     log=log_fn(f"{name} | ticket", session.log_path()))
     find_s = time.perf_counter() - t0 if made else 0.0
     tok = load_tokenizer(spec.model)
     ft = FineTune(spec.model, ft_cfg, tok, ticket=None if spec.method is Method.DENSE else ticket,

@@ -1,0 +1,118 @@
+"""What ``resume`` checks before it continues an experiment directory (no Ray imported here).
+
+* :func:`untrusted`: Tune's restore unpickles ``tuner.pkl`` (and cloudpickle payloads in ``experiment_state-*.json``)
+  from the experiment directory, i.e. runs code from it. The directory and every file directly in it must be
+  owned by the current user and writable by nobody else, or resume refuses (exit 2).
+* :func:`tune_state_damage`: a Tune state cut short (a full disk, a crash mid-write) is named before Ray starts;
+  the files are parsed without unpickling anything (``pickletools`` walks the opcodes, ``json`` the state list).
+* :func:`location`: a local experiment resumes where it is now (storage = its parent, name = its basename), not at
+  the path recorded in ``space.json`` when it was created.
+* :func:`kept_note`: what finished and is kept, for the messages of a resume that stops.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickletools
+import stat
+from pathlib import Path
+
+TUNER_PKL = "tuner.pkl"
+STATE_GLOB = "experiment_state-*.json"
+
+
+def untrusted(exp_dir: Path) -> list[str]:
+    """Why ``exp_dir`` must not be restored from: the directory, or a file directly in it (``tuner.pkl``,
+    ``space.json``, ``experiment_state-*.json``, searcher state, ...), owned by another user or writable by group
+    or others (anyone who can write there can make the restore run their code). Empty: fine."""
+    uid = os.getuid()
+    out = []
+    try:
+        entries = sorted(p for p in exp_dir.iterdir() if p.is_file())
+    except OSError as e:
+        return [f"{exp_dir} cannot be listed ({e.strerror or e})"]
+    for p in [exp_dir, *entries]:
+        try:
+            st = p.stat()
+        except OSError as e:
+            out.append(f"{p} cannot be read ({e.strerror or e})")
+            continue
+        if st.st_uid != uid:
+            out.append(f"{p} is owned by uid {st.st_uid}, not by you (uid {uid})")
+        elif st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            who = " and ".join(w for w, bit in (("group", stat.S_IWGRP), ("others", stat.S_IWOTH)) if st.st_mode & bit)
+            out.append(f"{p} is writable by {who} (mode {stat.filemode(st.st_mode)})")
+    return out
+
+
+def _pickle_complete(data: bytes) -> str | None:
+    """None when ``data`` is one whole pickle (walked opcode by opcode, nothing is executed), else what is wrong."""
+    if not data:
+        return "is empty (0 bytes)"
+    try:
+        for _ in pickletools.genops(data):
+            pass
+    except Exception as e:  # noqa: BLE001 -- ValueError ("pickle exhausted before seeing STOP"), bad opcodes, ...
+        return f"is cut short or corrupt ({len(data)} bytes: {e})"
+    return None
+
+
+def tune_state_damage(exp_dir: Path) -> str | None:
+    """What is damaged in the Tune state of ``exp_dir`` (``tuner.pkl``, the newest ``experiment_state-*.json``, the
+    one Tune resumes from), or None when both are whole."""
+    pkl = exp_dir / TUNER_PKL
+    if not pkl.is_file():
+        return f"{pkl} is missing (this is not a Ray Tune experiment, or it never started)"
+    try:
+        why = _pickle_complete(pkl.read_bytes())
+    except OSError as e:
+        why = f"cannot be read ({e.strerror or e})"
+    if why:
+        return f"{pkl} {why}"
+    states = sorted(exp_dir.glob(STATE_GLOB))
+    if not states:
+        return f"{exp_dir} has no {STATE_GLOB} (Tune's list of trials)"
+    newest = max(states, key=lambda p: p.name)  # Tune resumes from the newest by name (a timestamp)
+    try:
+        state = json.loads(newest.read_text())  # plain JSON: cloudpickle payloads stay strings
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        return f"{newest} is cut short or corrupt ({type(e).__name__}: {e})"
+    if not isinstance(state, dict) or "trial_data" not in state or "runner_data" not in state:
+        return f"{newest} is not a Tune experiment state (no trial_data / runner_data)"
+    return None
+
+
+def kept_note(exp_dir: Path) -> str:
+    """One sentence on the results a stopped resume leaves as they were."""
+    from analysis.results_io import ResultsDamaged, read_results_files
+
+    try:
+        df, src, _ = read_results_files(exp_dir)
+    except ResultsDamaged as e:
+        return f"nothing was written ({e})"
+    if df is None:
+        return f"nothing was written (no results file in {exp_dir} yet; the trial directories are kept)"
+    done = int((df["status"].astype(str) == "TERMINATED").sum()) if "status" in df else 0
+    return f"nothing was written: {src} ({len(df)} trials, {done} finished) is kept unchanged"
+
+
+def is_uri(s: str) -> bool:
+    return "://" in str(s)
+
+
+def location(exp_dir: Path, meta: dict) -> tuple[str, str, list[str]]:
+    """``(storage, name, notes)`` to resume ``exp_dir`` under. A local experiment is resumed where it is (storage =
+    its parent, name = its basename; a note when ``space.json`` recorded another place); one whose Tune state lives
+    at a URI keeps the recorded storage and name."""
+    if is_uri(meta.get("storage", "")):
+        return meta["storage"], meta["name"], []
+    notes = []
+    old = Path(meta["storage"]) / meta["name"] if meta.get("storage") and meta.get("name") else None
+    if old is not None and old != exp_dir:
+        notes.append(f"{exp_dir} was created as {old}: resuming it here ({old} is not used)")
+        store = meta.get("store_root")
+        if store and not is_uri(store) and not Path(store).exists():
+            notes.append(f"the ticket store {store} named in space.json does not exist: the tickets of unfinished "
+                         "trials will be made there again")
+    return str(exp_dir.parent), exp_dir.name, notes

@@ -1,0 +1,286 @@
+"""Issue 15: the results of an experiment are never lost or replaced by less (atomic writes, a full disk, a damaged
+Tune state), `report` reads around a damaged copy, `resume` continues a moved experiment where it is now and
+refuses a directory others can write (Tune's restore unpickles what is there). No Ray is started here: the local
+executor makes the experiment, the Ray path is checked up to the restore call."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import run_search
+from search import EXIT_BAD_INPUT, EXIT_INFRA
+
+NAME = "glue_minilm-smoke"
+
+
+def _run(*argv) -> int:
+    return run_search.main([str(a) for a in argv])
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    """A real (local-executor) experiment: dense and OMP finished, random left pending (excluded)."""
+    storage = tmp_path_factory.mktemp("store")
+    assert _run("run", "glue_minilm", "--smoke", "--executor", "local", "--workers", "2", "--storage", storage,
+                "--exclude", "ticket.method=random") == 0
+    exp = storage / NAME
+    df = pd.read_parquet(exp / "results.parquet")
+    assert sorted(df["status"]) == ["PENDING", "TERMINATED", "TERMINATED"]
+    return exp
+
+
+def _copy(base: Path, where: Path) -> Path:
+    """A copy of the experiment in ``where`` whose space.json says it was made there."""
+    where.mkdir(parents=True, exist_ok=True)
+    exp = Path(shutil.copytree(base, where / NAME))
+    meta = json.loads((exp / "space.json").read_text())
+    (exp / "space.json").write_text(json.dumps({**meta, "storage": str(where)}))
+    return exp
+
+
+def _bytes(exp: Path) -> dict[str, bytes]:
+    return {f: (exp / f).read_bytes() for f in ("results.parquet", "results.csv") if (exp / f).is_file()}
+
+
+# ------------------------------------------------------------------------------ 1. results are never lost
+
+def _grid(statuses: dict[str, str]):
+    """A result grid as search.results reads it: trial id -> TERMINATED | ERROR | PENDING."""
+    from search.local import LocalResult
+
+    out = []
+    for tid, st in statuses.items():
+        m = {"trial_id": tid, "stage": "transfer", "score": 0.5, "step": 4, "total_steps": 4}
+        if st != "PENDING":
+            m["training_iteration"] = 2
+        err = KeyError("store") if st == "ERROR" else None
+        out.append(LocalResult(m, {"transfer": {"task": "polarity"}}, err, f"/x/{tid}", None))
+    return out
+
+
+def test_results_are_written_atomically_and_a_full_disk_names_the_file(tmp_path, monkeypatch):
+    from search.results import ResultsWriteError, write_results
+
+    write_results(_grid({"a": "TERMINATED", "b": "TERMINATED"}), tmp_path, "e")
+    before = _bytes(tmp_path)
+    assert pd.read_csv(tmp_path / "results.csv")["trial_id"].tolist() == ["a", "b"]
+
+    def full(self, f, *a, **k):  # half a file, then the disk is full
+        f.write(b"PAR1 half a parquet")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", full)
+    with pytest.raises(ResultsWriteError) as ei:
+        write_results(_grid({"a": "TERMINATED", "b": "TERMINATED", "c": "TERMINATED"}), tmp_path, "e")
+    assert ei.value.errno == errno.ENOSPC
+    assert "no space left on device" in str(ei.value) and str(tmp_path / "results.parquet") in str(ei.value)
+    assert _bytes(tmp_path) == before  # neither file touched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.csv", "results.parquet"]  # no temp file left
+
+
+def test_a_table_with_fewer_finished_trials_never_replaces_the_results(tmp_path, capsys):
+    """The tester's second resume: a damaged Tune state gave one bogus trial (KeyError: 'store')."""
+    from search.results import summarize, write_results
+
+    write_results(_grid({"a": "TERMINATED", "b": "TERMINATED", "c": "PENDING"}), tmp_path, "e")
+    before = _bytes(tmp_path)
+    df = write_results(_grid({"zz": "ERROR"}), tmp_path, "e")
+    err = capsys.readouterr().err
+    assert _bytes(tmp_path) == before
+    assert "kept results.parquet" in err and "results.partial.parquet" in err
+    part = pd.read_parquet(tmp_path / "results.partial.parquet")
+    assert part["trial_id"].tolist() == ["zz"] and "KeyError" in part["error"][0]
+    assert len(pd.read_csv(tmp_path / "results.partial.csv")) == 1
+    assert summarize(df, tmp_path, 1.0) == EXIT_INFRA
+    assert "results.partial.parquet" in capsys.readouterr().out
+    # the same number finished but one of them lost is no replacement either
+    write_results(_grid({"a": "TERMINATED", "x": "TERMINATED"}), tmp_path, "e")
+    assert _bytes(tmp_path) == before
+    # more finished (every old one included) replaces it
+    write_results(_grid({"a": "TERMINATED", "b": "TERMINATED", "c": "TERMINATED"}), tmp_path, "e")
+    assert (pd.read_parquet(tmp_path / "results.parquet")["status"] == "TERMINATED").sum() == 3
+
+
+def test_a_full_disk_at_the_end_of_a_resume_exits_3_naming_the_file(base, tmp_path, monkeypatch, capsys):
+    exp = _copy(base, tmp_path)
+    before = _bytes(exp)
+
+    def full(self, f, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", full)
+    rc = _run("resume", exp, "--executor", "local", "--exclude", "ticket.method=random")  # nothing left to run
+    err = capsys.readouterr().err
+    assert rc == EXIT_INFRA
+    assert "no space left on device" in err and str(exp / "results.parquet") in err
+    assert _bytes(exp) == before
+
+
+@pytest.mark.parametrize("damage, named", [
+    (lambda e: (e / "tuner.pkl").write_bytes(b""), "tuner.pkl is empty"),
+    (lambda e: (e / "tuner.pkl").write_bytes(pickle.dumps({"param_space": {"store": "/s"}})[:-7]),
+     "tuner.pkl is cut short"),
+    (lambda e: ((e / "tuner.pkl").write_bytes(pickle.dumps({})),
+                (e / "experiment_state-2025-01-01_00-00-00.json").write_text('{"trial_data": [["x"')),
+     "experiment_state-2025-01-01_00-00-00.json is cut short"),
+])
+def test_resume_of_a_damaged_tune_state_names_it_and_keeps_what_finished(base, tmp_path, capsys, damage, named):
+    """The tester's first resume after a full disk: `error: EOFError: Ran out of input`, nothing said about why."""
+    exp = _copy(base, tmp_path)
+    damage(exp)
+    before = _bytes(exp)
+    assert _run("resume", exp) == EXIT_INFRA  # the Ray executor; stops before Ray starts
+    err = capsys.readouterr().err
+    assert named in err and "Tune state is damaged" in err
+    assert "results.parquet (3 trials, 2 finished) is kept unchanged" in err
+    assert _bytes(exp) == before
+
+
+# ---------------------------------------------------------------------- 2. report on damaged results files
+
+def _half(f: Path, mid_line: bool = True) -> None:
+    data = f.read_bytes()
+    cut = len(data) // 2
+    if not mid_line:
+        cut = data.rindex(b"\n", 0, cut) + 1
+    elif data[cut - 1:cut] == b"\n":
+        cut -= 1
+    f.write_bytes(data[:cut])
+
+
+def test_report_on_half_a_parquet_uses_the_csv_with_a_warning(base, tmp_path, capsys):
+    exp = _copy(base, tmp_path)
+    _half(exp / "results.parquet")
+    assert _run("report", exp) == 0
+    err = capsys.readouterr().err
+    assert f"warning: {exp / 'results.parquet'} is damaged" in err and "using results.csv" in err
+    assert "3 trials" in (exp / "analysis" / "report.md").read_text()
+
+
+@pytest.mark.parametrize("what", ["half", "empty"])
+def test_report_on_a_damaged_csv_alone_exits_2_naming_it(base, tmp_path, capsys, what):
+    exp = _copy(base, tmp_path)
+    (exp / "results.parquet").unlink()
+    if what == "half":
+        _half(exp / "results.csv")
+    else:
+        (exp / "results.csv").write_bytes(b"")
+    assert _run("report", exp) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: no intact results")
+    assert "results.csv is " + ("cut short" if what == "half" else "empty") in err
+    assert not (exp / "analysis" / "report.md").exists()
+
+
+def test_report_with_both_copies_damaged_exits_2_naming_both(base, tmp_path, capsys):
+    exp = _copy(base, tmp_path)
+    _half(exp / "results.parquet")
+    _half(exp / "results.csv")
+    assert _run("report", exp) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "results.parquet is unreadable" in err and "results.csv is cut short" in err
+
+
+def test_load_results_skips_a_csv_shorter_than_the_parquet(base, tmp_path):
+    from analysis.results_io import load_results
+
+    exp = _copy(base, tmp_path)
+    full = pd.read_parquet(exp / "results.parquet")
+    _half(exp / "results.csv", mid_line=False)  # whole lines: only the row count tells
+    warned = []
+    df = load_results(exp, warn=warned.append)
+    assert len(df) == len(full) and df.attrs["results_file"] == str(exp / "results.parquet")
+    assert len(warned) == 1 and str(exp / "results.csv") in warned[0] and "cut short" in warned[0]
+    (exp / "results.parquet").unlink()  # the short CSV alone cannot be told from a whole one
+    assert len(load_results(exp, warn=warned.append)) < len(full) and len(warned) == 1
+
+
+# ---------------------------------------------------------------------------------- 3. a moved experiment
+
+def test_a_moved_experiment_resumes_where_it_is_now(base, tmp_path, capsys):
+    old = _copy(base, tmp_path / "old")
+    new = tmp_path / "new" / "renamed"
+    new.parent.mkdir()
+    shutil.move(old, new)
+    assert _run("resume", new, "--executor", "local", "--workers", "1") == 0
+    assert f"{new} was created as {old}" in capsys.readouterr().out
+    df = pd.read_parquet(new / "results.parquet")
+    assert (df["status"] == "TERMINATED").all() and len(df) == 3
+    assert set(df["experiment"]) == {"renamed"}
+    assert all(Path(d).parent == new and Path(d).is_dir() for d in df["trial_dir"])
+    assert not old.exists()
+    # the original (still there: the fixture's) was not touched either
+    assert sorted(pd.read_parquet(base / "results.parquet")["status"]) == ["PENDING", "TERMINATED", "TERMINATED"]
+
+
+def test_a_moved_ray_experiment_is_restored_from_where_it_is_now(base, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("ray")
+    import ray.tune
+
+    import search.tuner as tuner
+
+    orig = _copy(base, tmp_path / "orig")
+    new = Path(shutil.copytree(orig, tmp_path / "moved" / NAME))  # space.json names orig, which still exists
+    (new / "tuner.pkl").write_bytes(pickle.dumps({}))
+    (new / "experiment_state-2025-01-01_00-00-00.json").write_text(json.dumps({"trial_data": [], "runner_data": {}}))
+    asked = []
+
+    def restore(path, **kw):
+        asked.append(path)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(ray.tune.Tuner, "restore", restore)
+    monkeypatch.setattr(tuner, "init_ray", lambda *a, **k: None)
+    monkeypatch.setattr(tuner, "shared_inputs", lambda space: None)
+    monkeypatch.setattr(tuner, "trainable", lambda space, shared: "trainable")
+    assert _run("resume", new) == EXIT_INFRA
+    assert asked == [str(new)]
+    assert "RuntimeError: stop here" in capsys.readouterr().err
+    tuner._write_partial(str(new.parent), new.name, new, None)  # Ctrl-C's partial results: the same place
+    assert asked[-1] == str(new)
+
+
+# ----------------------------------------------------------------------------- 4. the trust boundary
+
+@pytest.mark.parametrize("target, mode", [(".", 0o777), (".", 0o775), ("tuner.pkl", 0o666), ("space.json", 0o664)])
+def test_resume_refuses_a_directory_others_can_write(base, tmp_path, capsys, target, mode):
+    exp = _copy(base, tmp_path)
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    (exp / "tuner.pkl").write_bytes(pickle.dumps(Evil()))
+    (exp / "tuner.pkl").chmod(0o644)
+    (exp / target).chmod(mode)
+    before = _bytes(exp)
+    rc = _run("resume", exp)
+    err = capsys.readouterr().err
+    assert not marker.exists(), "the crafted tuner.pkl ran"
+    assert rc == EXIT_BAD_INPUT
+    path = exp if target == "." else exp / target
+    assert f"refusing to resume {exp}: {path} is writable by" in err and "chmod -R go-w" in err
+    assert not marker.exists() and _bytes(exp) == before
+    (exp / target).chmod(0o755 if target == "." else 0o644)  # trusted again: refused no more (stops at the Tune
+    # state check here, no Ray: the crafted tuner.pkl is a complete pickle, but the experiment has no state list)
+    assert _run("resume", exp) == EXIT_INFRA and not marker.exists()
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="chown to another user needs root")
+@pytest.mark.parametrize("target", [".", "space.json"])
+def test_resume_refuses_a_directory_owned_by_another_user(base, tmp_path, capsys, target):
+    exp = _copy(base, tmp_path)
+    os.chown(exp / target, 65534, -1)
+    assert _run("resume", exp, "--executor", "local") == EXIT_BAD_INPUT
+    path = exp if target == "." else exp / target
+    assert f"{path} is owned by uid 65534, not by you" in capsys.readouterr().err
+    assert sorted(p.name for p in exp.iterdir() if p.is_dir()) == sorted(p.name for p in base.iterdir() if p.is_dir())
