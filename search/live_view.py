@@ -22,15 +22,13 @@ from typing import Any
 
 from ray.tune import Callback
 
+from .results import fmt_duration
+
 PHASES = {"find": "find", "transfer": "fine-tune", "evaluate": "evaluate"}
 
 
 def _fmt(v: Any, spec: str = ".4f") -> str:
     return format(v, spec) if isinstance(v, (int, float)) and not isinstance(v, bool) else "-"
-
-
-def _minutes(s: float) -> str:
-    return f"{s / 60:.1f} min" if s >= 90 else f"{s:.0f} s"
 
 
 class LiveView(Callback):
@@ -90,14 +88,14 @@ class LiveView(Callback):
         pending = sum(t.status in ("PENDING", "PAUSED") for t in trials)
         elapsed = time.time() - self.t0
         frac = sum(self._fraction(t) for t in trials) / max(n, 1)
-        eta = f"ETA ~{_minutes(elapsed * (1 - frac) / frac)}" if 0 < frac < 1 else ("done" if frac >= 1 else "ETA -")
+        eta = f"ETA ~{fmt_duration(elapsed * (1 - frac) / frac)}" if 0 < frac < 1 else ("done" if frac >= 1 else "ETA -")
         parts = [f"{len(ended) - failed - stopped} finished"]
         if stopped:
             parts.append(f"{stopped} stopped early")
         if failed:
             parts.append(f"{failed} failed")
         return (f"== {len(ended)}/{n} trials ended ({', '.join(parts)}), {running} running, {pending} pending · "
-                f"{_minutes(elapsed)} · {eta}")
+                f"{fmt_duration(elapsed)} · {eta}")
 
     def row(self, t) -> str:
         r = t.last_result or {}

@@ -40,7 +40,7 @@ from typing import Any
 
 from search_spaces.space import Space, SpaceError
 
-from .results import summarize, write_results
+from .results import fmt_duration, summarize, write_results
 
 RESULT = "result.json"
 
@@ -139,10 +139,6 @@ def _done(exp_dir: Path, t: Trial) -> bool:
         return False
 
 
-def _fmt_s(s: float) -> str:
-    return f"{s / 60:.1f} min" if s >= 90 else f"{s:.0f} s"
-
-
 def run_local(space: Space, exp_dir: Path, name: str, store_root: Path, workers: int | None = None,
               shard_spec: str | None = None, exclude: list[str] | None = None) -> int:
     """Run (or continue) the space's trials in ``exp_dir``; write the results; print a line per trial."""
@@ -202,8 +198,8 @@ def run_local(space: Space, exp_dir: Path, name: str, store_root: Path, workers:
                            "metrics": {}, "wall_s": 0.0}
                 elapsed = time.time() - t_start
                 rate = (sum(x.cost for x in todo) - cost_left) / max(elapsed, 1e-9)
-                print(f"[{done_n}/{len(todo)} {_fmt_s(elapsed)}, ETA {_fmt_s(cost_left / rate if rate else 0)}] "
-                      f"{t.label}: {_outcome(res)} in {_fmt_s(res.get('wall_s', 0))}  "
+                print(f"[{done_n}/{len(todo)} {fmt_duration(elapsed)}, ETA {fmt_duration(cost_left / rate if rate else 0)}] "
+                      f"{t.label}: {_outcome(res)} in {fmt_duration(res.get('wall_s', 0))}  "
                       f"({exp_dir.name}/{t.trial_id}/log.txt)", flush=True)
                 failed += res["status"] == "ERROR"
         pool.shutdown()

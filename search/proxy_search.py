@@ -39,6 +39,7 @@ from sparsebert.proxy import ProxyRule, select
 
 from . import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INFRA, EXIT_INTERRUPTED
 from .results import results_frame, summarize
+from .trial_list import ticket_config
 from .tuner import build_tuner, init_ray, is_uri, shared_inputs
 
 SELECTION_FILE = "proxy_selection.csv"
@@ -64,7 +65,7 @@ def _ticket_dicts(grid) -> list[dict[str, Any]]:
     out = []
     for r in grid:
         cfg = r.config or {}
-        out.append({**(cfg.get("ticket") or {}), **(cfg.get("variant") or {})})
+        out.append(ticket_config(cfg))
     return out
 
 

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from . import EXIT_FAILED, EXIT_INFRA, EXIT_OK
+from .trial_list import ticket_config
 
 #: per-trial columns taken from the trial's last report (besides every numeric metric as ``metric/<name>``)
 RESULT_COLUMNS = ("label", "ticket_id", "ticket_path", "mlm_loss", "kd_loss", "kd_loss_mse", "task", "score", "best_score",
@@ -43,7 +44,7 @@ def results_frame(result_grid, experiment: str):
             # stopped by the scheduler (e.g. ASHA on the KD loss) part-way through mask training
             stopped = stopped or (row["stage"] in ("find", "evaluate") and not m.get("ticket_path"))
             row["status"], row["error"] = ("EARLY_STOPPED" if stopped else "TERMINATED"), None
-        ticket = {**(cfg.get("ticket") or {}), **(cfg.get("variant") or {})}
+        ticket = ticket_config(cfg)
         for k in TICKET_KEYS:
             row[k] = m.get(k, ticket.get(k))
         row["ticket_seed"] = m.get("ticket_seed", ticket.get("seed"))
@@ -171,6 +172,11 @@ def write_results(result_grid, exp_dir: Path, experiment: str):
     paths = _write_pair(df, exp_dir / "results")
     df.attrs["results_file"] = str(paths[0])
     return df
+
+
+def fmt_duration(s: float) -> str:
+    """Seconds as a person reads them: ``42 s``, ``3.5 min``."""
+    return f"{s / 60:.1f} min" if s >= 90 else f"{s:.0f} s"
 
 
 def summarize(df, exp_dir: Path, wall: float) -> int:

@@ -59,14 +59,23 @@ def expand(template: dict[str, Any], num_samples: int = 1) -> list[dict[str, Any
     return out
 
 
-def trial_label(cfg: dict[str, Any]) -> str:
+def ticket_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A trial's ticket: the space's common ``ticket`` section overlaid with the trial's ``variant``."""
+    return {**(cfg.get("ticket") or {}), **(cfg.get("variant") or {})}
+
+
+def ticket_label(t: dict[str, Any]) -> str:
+    """The method label of a ticket config (``TAMT-KD``, ``OMP``, ...)."""
     from sparsebert.ticket import method_label
 
-    t = {**(cfg.get("ticket") or {}), **(cfg.get("variant") or {})}
-    label = method_label(t.get("method", "omp"), t.get("init"), t.get("objective") if t.get("method") == "tamt"
-                         else None)
+    return method_label(t.get("method", "omp"), t.get("init"), t.get("objective") if t.get("method") == "tamt"
+                        else None)
+
+
+def trial_label(cfg: dict[str, Any]) -> str:
+    t = ticket_config(cfg)
     tr = cfg.get("transfer") or {}
-    bits = [label, f"s={t.get('sparsity')}" if t.get("method") != "dense" else "",
+    bits = [ticket_label(t), f"s={t.get('sparsity')}" if t.get("method") != "dense" else "",
             str(tr.get("task", "")), f"seed {tr['seed']}" if "seed" in tr else ""]
     return " ".join(b for b in bits if b)
 
@@ -93,7 +102,7 @@ def _cost(cfg: dict[str, Any]) -> float:
     where the data is local), the finder's steps otherwise."""
     tr = cfg.get("transfer")
     if not tr:
-        t = {**(cfg.get("ticket") or {}), **(cfg.get("variant") or {})}
+        t = ticket_config(cfg)
         return float(t.get("steps", 1) if isinstance(t.get("steps"), (int, float)) else 1)
     if tr.get("max_steps"):
         return float(tr["max_steps"]) * float(tr.get("batch_size", 32))
@@ -108,7 +117,7 @@ def trials(space: Space, store_root: Path) -> list[Trial]:
 
     out = []
     for i, cfg in enumerate(expand(config_template(space, store_root), space.tune["num_samples"])):
-        spec = finder_spec({**cfg.get("ticket", {}), **(cfg.get("variant") or {})})
+        spec = finder_spec(ticket_config(cfg))
         out.append(Trial(i, cfg, spec.ticket_id, _cost(cfg)))
     return out
 
@@ -140,7 +149,7 @@ def _get(cfg: dict[str, Any], dotted: str) -> Any:
     cur: Any = cfg
     for part in dotted.split("."):
         if part == "ticket" and "variant" in cfg and cur is cfg:  # a trial's ticket = ticket + variant
-            cur = {**(cfg.get("ticket") or {}), **(cfg.get("variant") or {})}
+            cur = ticket_config(cfg)
             continue
         if not isinstance(cur, dict) or part not in cur:
             return None

@@ -110,13 +110,11 @@ def trial_name(trial) -> str:
     """Short, readable trial names (the default embeds the whole ticket dict)."""
     import re
 
-    from sparsebert.ticket import method_label
+    from .trial_list import ticket_config, ticket_label
 
     cfg = trial.config or {}
-    t = {**(cfg.get("ticket") or {}), **(cfg.get("variant") or {})}
-    label = method_label(t.get("method", "omp"), t.get("init"), t.get("objective") if t.get("method") == "tamt"
-                         else None)
-    bits = [re.sub(r"[^A-Za-z0-9+.-]+", "-", label).strip("-"),
+    t = ticket_config(cfg)
+    bits = [re.sub(r"[^A-Za-z0-9+.-]+", "-", ticket_label(t)).strip("-"),
             f"s{t.get('sparsity')}" if t.get("sparsity") is not None else "",
             str((cfg.get("transfer") or {}).get("task", "")) if isinstance(cfg.get("transfer"), dict) else ""]
     return "_".join(b for b in bits if b) + f"_{trial.trial_id}"
