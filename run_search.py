@@ -24,7 +24,7 @@ Ray: without --address (or RAY_ADDRESS) a local Ray starts bound to loopback (12
 machines) with token auth on (Ray's default; the token is ~/.ray/auth_token, created 0600 if missing; an explicit
 RAY_AUTH_MODE / RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH is respected). Other local tools reach it at 127.0.0.1:PORT
 with RAY_AUTH_MODE=token RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0. With --address the cluster's own auth applies (start
-clusters with RAY_AUTH_MODE=token and share one token file, see README). Multi-node runs need --storage on a path
+clusters with RAY_AUTH_MODE=token and share one token file, see docs/clusters.md). Multi-node runs need --storage on a path
 (or URI) every node can reach.
 
 Executors: `ray` (default) runs the trials as a Ray Tune experiment (schedulers, searchers, clusters). `local` runs a

@@ -1,9 +1,10 @@
 """Benchmark output -> README, never typed by hand.
 
 A benchmark run with ``--out FILE`` writes its printed table to FILE (with the command, the machine and the date);
-this script puts that file's text into README.md between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->``.
+this script puts that file's text between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->`` in the document
+that holds those markers (README.md or one of docs/*.md).
 
-    python benchmarks/readme_section.py NAME FILE [--readme README.md]
+    python benchmarks/readme_section.py NAME FILE [--readme DOC]
 """
 
 from __future__ import annotations
@@ -43,11 +44,19 @@ class Recorder:
         Path(path).write_text(head + "\n\n```\n" + "\n".join(self.lines).strip("\n") + "\n```\n")
 
 
-def update(readme: Path, name: str, text: str) -> None:
+def documents() -> list[Path]:
+    """Where generated sections live: the README and the docs."""
+    return [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+
+
+def update(readme: Path | None, name: str, text: str) -> None:
+    """Replace section NAME in ``readme``, or, when that file lacks its markers, in the document that has them."""
     begin, end = f"<!-- generated:{name} -->", f"<!-- /generated:{name} -->"
+    candidates = ([readme] if readme else []) + documents()
+    readme = next((p for p in candidates if p.is_file() and begin in p.read_text() and end in p.read_text()), None)
+    if readme is None:
+        raise SystemExit(f"no {begin} ... {end} markers in README.md or docs/*.md")
     src = readme.read_text()
-    if begin not in src or end not in src:
-        raise SystemExit(f"{readme}: no {begin} ... {end} markers")
     pre, rest = src.split(begin, 1)
     _, post = rest.split(end, 1)
     readme.write_text(f"{pre}{begin}\n{text.strip()}\n{end}{post}")
@@ -57,9 +66,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("name")
     ap.add_argument("file")
-    ap.add_argument("--readme", default=str(REPO / "README.md"))
+    ap.add_argument("--readme", default=None, help="the document to write (default: the one holding the markers)")
     args = ap.parse_args()
-    update(Path(args.readme), args.name, Path(args.file).read_text())
+    update(Path(args.readme) if args.readme else None, args.name, Path(args.file).read_text())
 
 
 if __name__ == "__main__":

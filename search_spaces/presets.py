@@ -1,6 +1,6 @@
 """``preset: reference`` -- every knob at the value the reference implementation's code runs with (llyx97/TAMT,
 whose IMP and fine-tuning come from BERT-Tickets). A preset fills keys a space leaves unset; keys the space sets
-win. README.md's fidelity table lists each knob: the reference's code, the paper's text where it differs, our default.
+win. docs/fidelity.md's table lists each knob: the reference's code, the paper's text where it differs, our default.
 """
 
 from __future__ import annotations
