@@ -1,10 +1,10 @@
-"""Tokenizing a loaded task for the model (:func:`tokenize_task`) and batching it (:func:`data_collator`)."""
+"""Tokenizing a loaded task for the model (:func:`tokenize_task`); batches are cut by :mod:`sparsebert.task_tensors`."""
 
 from __future__ import annotations
 
 from .tasks import TaskSpec, get_task
 
-__all__ = ["tokenize_task", "data_collator"]
+__all__ = ["tokenize_task"]
 
 def tokenize_task(
     spec: TaskSpec | str,
@@ -50,11 +50,3 @@ def tokenize_task(
         tok = tok.cast_column("labels", datasets.Value("float32" if spec.kind == "regression" else "int64"))
         out[split] = tok
     return datasets.DatasetDict(out)
-
-
-def data_collator(tokenizer):
-    """The collator for tokenized task features: dynamic padding (``DataCollatorWithPadding``); SQuAD windows
-    are already padded to ``max_length`` by default, for which the same collator works as a plain stacker."""
-    from transformers import DataCollatorWithPadding
-
-    return DataCollatorWithPadding(tokenizer)
