@@ -9,6 +9,7 @@ A space file (see ``demo.yaml``) has these top-level keys, and each is consumed 
     ticket            finder fields shared by every trial                      sparsebert/finders.py (one spec per method)
     variants          list of partial ticket dicts, one grid axis              search_spaces/space.py (ticket_points)
     transfer          FinetuneConfig fields + lr/eval_every/seed/...           sparsebert/finetune.py (split_transfer)
+    transfer.K        per task: {per_task: {cola: 1.0e-4}, default: 2.0e-4}    sparsebert/per_task.py (resolve)
     eval              pre-training loss evaluation                             sparsebert/pipeline.py (EvalSpec)
     tune              metric, mode, scheduler, searcher, num_samples, ...      search/tune_space.py, search/tuner.py
     resources         cpu, gpu per trial (gpu 0.25 packs 4 trials on a GPU)    search/tuner.py (trial_resources)
@@ -21,6 +22,10 @@ A space file (see ``demo.yaml``) has these top-level keys, and each is consumed 
 
 Any value inside ``ticket``/``transfer`` may be a search dimension:
 ``{grid: [...]}``, ``{choice: [...]}``, ``{uniform: [lo, hi]}``, ``{loguniform: [lo, hi]}``, ``{randint: [lo, hi]}``.
+A ``transfer`` value (not ``task``) may instead be set per task, ``{per_task: {TASK: VALUE, ...}, default: VALUE}``:
+each trial gets its task's value (else the default), and that resolved value is what its config and the results'
+``config/transfer.K`` column hold; unknown task names, a search dimension inside it, and a task of the space with
+neither its own value nor a default are refused here.
 Everything is validated here, before Ray starts; errors name the file and the key. ``--smoke``: search_spaces/smoke.py.
 Local task data (``transfer.data_dir`` / ``$SPARSEBERT_DATA_DIR``) is checked file by file in :func:`validate`; the
 machine (:func:`check_machine`) and the models (:func:`check_models`) by ``run`` before it creates anything.
@@ -126,9 +131,11 @@ def validate(path: Path, raw: dict[str, Any]) -> Space:
         for k, v in transfer.items():
             if _is_dim(v):
                 _check_dim(path, f"transfer.{k}", v)
+        _check_per_task(path, transfer)
         from sparsebert.finetune import split_transfer
+        from sparsebert.per_task import resolve
 
-        for point in _expand(transfer):
+        for point in map(resolve, _expand(transfer)):
             try:
                 split_transfer({"transfer": point})
             except (ValueError, TypeError) as e:
@@ -212,8 +219,10 @@ def _check_task_data(path: Path, transfer: dict) -> None:
     otherwise surface after the ticket was made). Hub data is not checked (no download before a run)."""
     from sparsebert.task_data import check_task_files
 
+    from sparsebert.per_task import resolve
+
     seen = set()
-    for point in _expand(transfer):
+    for point in map(resolve, _expand(transfer)):
         task, data_dir = str(point.get("task")), point.get("data_dir")
         if (task, data_dir) in seen:
             continue
@@ -225,6 +234,21 @@ def _check_task_data(path: Path, transfer: dict) -> None:
                 raise _err(path, "transfer.data_dir", str(e)) from None
             raise _err(path, "transfer.task", f"{e} ($SPARSEBERT_DATA_DIR={os.environ.get('SPARSEBERT_DATA_DIR')})"
                        ) from None
+
+
+def _check_per_task(path: Path, transfer: dict) -> None:
+    """``transfer`` keys set per task (``{per_task: {TASK: VALUE}, default: VALUE}``, sparsebert/per_task.py):
+    known task names, plain values, a value (or the default) for every task the space runs."""
+    from sparsebert.per_task import PerTaskError, check
+
+    from .space import _points
+
+    try:
+        check(transfer, _points(transfer["task"]), is_dim=_is_dim)
+    except PerTaskError as e:
+        raise _err(path, f"transfer.{e.key}", e.msg) from None
+    except ValueError as e:  # an unknown task in transfer.task itself
+        raise _err(path, "transfer.task", str(e)) from None
 
 
 def check_models(space: Space, local: bool = True) -> list[str]:
