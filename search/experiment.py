@@ -150,9 +150,8 @@ def cmd_report(args) -> int:
     from analysis.report import write_report
 
     try:
-        print(write_report(exp_dir, exclude_stopped=getattr(args, "exclude_stopped", False),
-                           best_by=getattr(args, "best_by", None) or (),
-                           group_by=getattr(args, "group_by", None) or ()))
+        keys = {k: getattr(args, k) for k in ("best_by", "group_by") if getattr(args, k, None)}
+        print(write_report(exp_dir, exclude_stopped=getattr(args, "exclude_stopped", False), **keys))
     except (ResultsDamaged, UnknownKey) as e:  # no intact copy (a fallback only warns); a key the results lack
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -247,8 +247,6 @@ def _check_per_task(path: Path, transfer: dict) -> None:
         check(transfer, _points(transfer["task"]), is_dim=_is_dim)
     except PerTaskError as e:
         raise _err(path, f"transfer.{e.key}", e.msg) from None
-    except ValueError as e:  # an unknown task in transfer.task itself
-        raise _err(path, "transfer.task", str(e)) from None
 
 
 def check_models(space: Space, local: bool = True) -> list[str]:

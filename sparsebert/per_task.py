@@ -33,6 +33,13 @@ def _task(name: Any) -> str:
     return get_task(str(name)).name
 
 
+def _known(name: Any) -> str | None:
+    try:
+        return _task(name)
+    except ValueError:
+        return None
+
+
 def value_for(v: Any, task: Any) -> Any:
     """The value of ``v`` for ``task``: ``v`` itself unless it is a per-task value. KeyError: no value for the task."""
     if not is_per_task(v):
@@ -67,7 +74,7 @@ def check(section: dict[str, Any], tasks: Iterable[Any], is_dim=lambda v: False)
     each of ``tasks`` (the tasks the space can run). Raises :class:`PerTaskError` naming the key."""
     from .tasks import task_names
 
-    wanted = sorted({_task(t) for t in tasks})
+    wanted = sorted({t for t in map(_known, tasks) if t})  # an unknown task itself is the task key's error
     for key, v in section.items():
         if isinstance(v, dict) and not is_per_task(v) and DEFAULT in v:
             raise PerTaskError(key, f"'{DEFAULT}' without '{PER_TASK}': write {{{PER_TASK}: {{TASK: VALUE}}, "
