@@ -6,6 +6,7 @@ resolved to the trial's task's value."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -13,6 +14,7 @@ import pytest
 import yaml
 
 import run_search
+from conftest import REPO
 from search.trial_list import trials
 from search_spaces.loader import load_space
 from search_spaces.space import SpaceError
@@ -127,6 +129,18 @@ def test_lr_grid_local_executor_columns_summary_and_report(shared_data, tmp_path
         assert r["best_score"] == td[td["task"] == r["task"]]["best_score"].max()
     report = (exp / "analysis" / "report.md").read_text()
     assert "## Scores by transfer.lr" in report and "**best**" in report and "Best value picked" in report
+
+    # the lr sweep's table per task (benchmarks/paper_small_readme.py): the rule picks a best-scoring lr per task
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import paper_small_readme
+
+    chosen = paper_small_readme.chosen_lrs(exp)
+    assert set(chosen) == {"cola", "rte"}
+    for task, lr in chosen.items():
+        means = td[td["task"] == task].groupby("config/transfer.lr")["best_score"].mean()
+        assert means[lr] == means.max()
+    table = paper_small_readme.lr_table(exp)
+    assert all(f"| {t} | {lr:g} |" in table for t in ("cola", "rte") for lr in (1e-4, 2e-4))
 
     capsys.readouterr()
     assert run_search.main(["report", str(exp), "--best-by", "transfer.lrr"]) == 2
