@@ -166,3 +166,26 @@ def test_lr_grid_ray_tune_columns_and_per_task_value(ray_local, shared_data, tmp
     assert "transfer.lr" in out[out.index("== results:"):].splitlines()[1].split()
     assert run_search.main(["report", str(exp)]) == 0
     assert len(pd.read_csv(exp / "analysis" / "tidy.csv")) == 2
+
+
+def test_config_columns_flatten_every_value_and_keep_one_type_per_column(tmp_path):
+    """The ticket as the variant overlays it, nested sections dotted, lists as JSON text, a value set per task
+    resolved, and a column mixing text and numbers (eval_every auto vs 50) written as text (parquet needs one
+    type per column)."""
+    from search.local import LocalResult
+    from search.results import config_columns, results_frame
+
+    base = {"stage": "transfer", "ticket": {"sparsity": 0.5, "text": {"source": "embedded"}, "save_at": [2, 4]},
+            "transfer": {"task": "cola", "lr": {"per_task": {"cola": 1e-4}, "default": 2e-4}, "eval_every": "auto"}}
+    cols = config_columns({**base, "variant": {"method": "omp", "sparsity": 0.7}})
+    assert cols["config/ticket.method"] == "omp" and cols["config/ticket.sparsity"] == 0.7
+    assert cols["config/ticket.text.source"] == "embedded" and cols["config/ticket.save_at"] == "[2, 4]"
+    assert cols["config/transfer.lr"] == 1e-4 and cols["config/stage"] == "transfer"
+    other = {**base, "transfer": {**base["transfer"], "task": "rte", "eval_every": 50}}
+    rs = [LocalResult({"trial_id": str(i), "training_iteration": 1, "stage": "transfer"}, c, None, str(tmp_path), None)
+          for i, c in enumerate((base, other))]
+    df = results_frame(rs, "x")
+    assert list(df["config/transfer.lr"]) == [1e-4, 2e-4]
+    assert list(df["config/transfer.eval_every"]) == ["auto", "50"]
+    df.to_parquet(tmp_path / "r.parquet")
+    assert list(pd.read_parquet(tmp_path / "r.parquet")["config/transfer.lr"]) == [1e-4, 2e-4]
