@@ -41,8 +41,8 @@ from typing import Any
 import yaml
 
 from .smoke import shrink, smoke_model_dir  # noqa: F401  (smoke_model_dir: re-exported)
-from .space import (DIMENSIONS, Space, SpaceError, _check_dim, _err, _expand, _is_dim, as_dict,  # noqa: F401
-                    grid_size, ticket_points)
+from .space import (DIMENSIONS, Space, SpaceError, _check_dim, _err, _expand, _is_dim, _points,  # noqa: F401
+                    as_dict, grid_size, ticket_points)
 
 SPACES_DIR = Path(__file__).resolve().parent
 TOP_KEYS = {"description", "stage", "model", "ticket", "variants", "transfer", "eval", "tune", "resources",
@@ -131,9 +131,13 @@ def validate(path: Path, raw: dict[str, Any]) -> Space:
         for k, v in transfer.items():
             if _is_dim(v):
                 _check_dim(path, f"transfer.{k}", v)
-        _check_per_task(path, transfer)
         from sparsebert.finetune import split_transfer
-        from sparsebert.per_task import resolve
+        from sparsebert.per_task import PerTaskError, check, resolve
+
+        try:  # values set per task: known task names, plain values, one (or the default) for every task run
+            check(transfer, _points(transfer["task"]), is_dim=_is_dim)
+        except PerTaskError as e:
+            raise _err(path, f"transfer.{e.key}", e.msg) from None
 
         for point in map(resolve, _expand(transfer)):
             try:
@@ -234,19 +238,6 @@ def _check_task_data(path: Path, transfer: dict) -> None:
                 raise _err(path, "transfer.data_dir", str(e)) from None
             raise _err(path, "transfer.task", f"{e} ($SPARSEBERT_DATA_DIR={os.environ.get('SPARSEBERT_DATA_DIR')})"
                        ) from None
-
-
-def _check_per_task(path: Path, transfer: dict) -> None:
-    """``transfer`` keys set per task (``{per_task: {TASK: VALUE}, default: VALUE}``, sparsebert/per_task.py):
-    known task names, plain values, a value (or the default) for every task the space runs."""
-    from sparsebert.per_task import PerTaskError, check
-
-    from .space import _points
-
-    try:
-        check(transfer, _points(transfer["task"]), is_dim=_is_dim)
-    except PerTaskError as e:
-        raise _err(path, f"transfer.{e.key}", e.msg) from None
 
 
 def check_models(space: Space, local: bool = True) -> list[str]:
