@@ -5,7 +5,9 @@
                       [--dry-run] [--executor ray|local [--workers N] [--shard K/N] [--exclude K=V,...]]
     run_search.py resume EXPERIMENT_DIR [--executor local ...]
                                                continue an interrupted experiment (errored trials retried)
-    run_search.py report EXPERIMENT_DIR        tables, correlations, figures, report.md
+    run_search.py report EXPERIMENT_DIR [--best-by KEY] [--group-by KEY]
+                                               tables, correlations, figures, report.md; rows are keyed by
+                                               every searched config value (KEY: e.g. transfer.lr)
     run_search.py list                         the search spaces shipped in search_spaces/
     run_search.py export TICKET [--store DIR] [--out DIR] [--overwrite]
                                                a ticket as a Hugging Face model dir (masks baked in)
@@ -95,6 +97,13 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("experiment")
     rep.add_argument("--exclude-stopped", action="store_true",
                      help="leave out transfer trials the scheduler (ASHA) stopped early (default: keep and mark them)")
+    rep.add_argument("--best-by", action="append", default=None, metavar="KEY",
+                     help="a searched config key (e.g. transfer.lr or config/transfer.lr): per ticket and task, keep "
+                          "only the trials of its value with the best mean score over seeds (default: every value "
+                          "is its own row); repeatable")
+    rep.add_argument("--group-by", action="append", default=None, metavar="KEY",
+                     help="a searched config key: add a section of scores per value of KEY (per ticket and task, and "
+                          "per task over tickets with the best value marked); repeatable")
     sub.add_parser("list", help="list the search spaces")
     ex = sub.add_parser("export", help="export a ticket as a Hugging Face model directory (masks baked in)")
     ex.add_argument("ticket", metavar="TICKET", help="ticket id in the store, or a ticket directory")

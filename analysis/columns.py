@@ -37,8 +37,12 @@ COLUMNS: dict[str, str] = {
                      "its best_score is a lower bound (always False with --exclude-stopped, which leaves them out)",
     "metric/<name>": "every metric the transfer trial reported at its best evaluation, e.g. metric/accuracy, "
                      "metric/f1, metric/validation_matched/accuracy",
-    "n_trials": "number of finished transfer trials merged into the row (several configs of one "
-                "(ticket, task, seed): the row keeps the highest best_score)",
+    "config/<section>.<key>": "a searched value: a config value that differs between the experiment's transfer "
+                              "trials (e.g. config/transfer.lr of an lr grid; shown as transfer.lr); rows are kept "
+                              "apart by it (the average only by those that vary for one ticket on one task), "
+                              "`report --best-by KEY` keeps the best value per ticket and task instead",
+    "n_trials": "number of finished transfer trials merged into the row (trials of one (ticket, task, seed) and "
+                "identical searched values, e.g. num_samples > 1: the row keeps the highest best_score)",
     "trial_id": "trial id of the kept transfer trial",
     "time_total_s": "wall time of the kept transfer trial (s)",
     # average table

@@ -17,7 +17,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -25,6 +25,7 @@ import pandas as pd
 from . import correlation as C
 from . import report_sections as S
 from . import tables as T
+from .config_keys import UnknownKey, resolve_key
 from .document import Doc, _inline_html  # noqa: F401  (re-exported)
 from .report_masks import similarity_section, unique_labels as _unique_labels  # noqa: F401
 
@@ -93,18 +94,23 @@ _missing_items = missing_items
 
 def write_report(
     exp_dir: str | Path, n_boot: int = 1000, seed: int = 0, similarity: bool = True, max_tickets: int = 20,
-    html_too: bool = True, tidy_rows: int = 40, exclude_stopped: bool = False,
+    html_too: bool = True, tidy_rows: int = 40, exclude_stopped: bool = False, best_by: Sequence[str] = (),
+    group_by: Sequence[str] = (),
 ) -> Path:
     """Write ``EXP_DIR/analysis/report.md`` (and ``report.html``), the tables, correlations and figures.
 
     ``exclude_stopped``: leave out the transfer trials the scheduler stopped early (by default they are kept and
-    marked as lower bounds); the report says at the top which, and how many."""
+    marked as lower bounds); the report says at the top which, and how many. ``best_by``: searched keys
+    (``transfer.lr`` or ``config/transfer.lr``) reduced to their best value per ticket and task; ``group_by``: a
+    section of scores per value of each key. An unknown key is a ValueError (one line) before anything is written."""
     exp_dir = Path(exp_dir)
     out = exp_dir / T.ANALYSIS_DIR
     fig_dir = out / "figures"
+    df = T.load_results(exp_dir)
+    best_by = [resolve_key(df, k) for k in best_by]
+    group_by = [resolve_key(df, k) for k in group_by]
     out.mkdir(parents=True, exist_ok=True)
     doc = Doc()
-    df = T.load_results(exp_dir)
     exps = T._col(df, "experiment", None).map(T._norm_str).dropna()
     name = ", ".join(dict.fromkeys(exps)) if len(exps) else exp_dir.name
     doc.h(1, f"Experiment report: {name}")
@@ -120,15 +126,18 @@ def write_report(
             return default
 
     res = guarded("tables", lambda: T.write_tables(exp_dir, df, similarity=similarity,
-                                                   exclude_stopped=exclude_stopped), {})  # fmt: skip
+                                                   exclude_stopped=exclude_stopped, best=best_by), {})  # fmt: skip
     td = res.get("tidy", pd.DataFrame(columns=["ticket_id", "task", "best_score"]))
     avg = res.get("average", pd.DataFrame(columns=["ticket_id", "avg_score"]))
     doc.p(S.stopped_statement(df, td, exclude_stopped))
+    S.best_by_note(doc, best_by)
 
     d = df.assign(_stage=T._stage(df), _status=T._status(df))
     S.what_ran(doc, df, d)
     S.average_section(doc, avg)
     S.tidy_section(doc, td, tidy_rows)
+    for key in group_by:
+        S.by_key_section(doc, td, key)
     corr = guarded("correlations", lambda: C.loss_score_correlations(td, avg, n_boot=n_boot, seed=seed),
                    pd.DataFrame())  # fmt: skip
     S.correlation_section(doc, corr, n_boot, seed, out)
@@ -166,6 +175,17 @@ def write_report(
     return md
 
 
+def add_key_options(ap: argparse.ArgumentParser) -> None:
+    """``--best-by KEY`` / ``--group-by KEY`` (both repeatable): also ``run_search.py report``'s."""
+    ap.add_argument("--best-by", action="append", default=None, metavar="KEY",
+                    help="a searched config key (e.g. config/transfer.lr or transfer.lr): per ticket and task, keep "
+                         "only the trials of its value with the best mean score over seeds (default: every value "
+                         "is its own row); repeatable")
+    ap.add_argument("--group-by", action="append", default=None, metavar="KEY",
+                    help="a searched config key: add a section of scores per value of KEY (per ticket and task, "
+                         "and per task over tickets with the best value marked); repeatable")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__.split("\n\n")[0])
     ap.add_argument("exp_dir", type=Path)
@@ -175,12 +195,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-tickets", type=int, default=20, help="tickets per sparsity in the similarity heatmap")
     ap.add_argument("--exclude-stopped", action="store_true",
                     help="leave out transfer trials the scheduler (ASHA) stopped early (default: keep and mark them)")
+    add_key_options(ap)
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     try:
         p = write_report(a.exp_dir, n_boot=a.n_boot, seed=a.seed, similarity=not a.no_similarity,
-                         max_tickets=a.max_tickets, exclude_stopped=a.exclude_stopped)  # fmt: skip
-    except FileNotFoundError as e:
+                         max_tickets=a.max_tickets, exclude_stopped=a.exclude_stopped, best_by=a.best_by or (),
+                         group_by=a.group_by or ())  # fmt: skip
+    except (FileNotFoundError, UnknownKey) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(p)

@@ -20,6 +20,7 @@ from .results_io import (
     DAGGER, DAGGER_NOTE, EARLY_STOPPED, FINISHED, _col, _norm_str, _stage, _status, fmt_num, mark_stopped,
     stopped_mask,
 )
+from .config_keys import by_key, config_columns, short
 from .tables import excluded_transfers
 
 HOLLOW_CAPTION = ("Hollow markers: scores of trials the scheduler (ASHA) stopped before their last step, lower "
@@ -103,10 +104,11 @@ def average_section(doc: Doc, avg: pd.DataFrame) -> None:
     doc.p(f"Mean best_score over {avg['n_tasks'].iloc[0]} task(s) ({avg['tasks'].iloc[0]}), each first "
           "averaged over fine-tuning seeds; only tickets with every task. File: `average.csv`.")  # fmt: skip
     stopped = stopped_mask(avg)
-    cols = [c for c in ("label", "sparsity", "steps", "mlm_loss", "kd_loss", "kd_loss_mse", "omp_similarity",
+    keys = config_columns(avg)  # searched values kept apart (e.g. an lr grid): a row per ticket and value
+    cols = [c for c in ("label", "sparsity", "steps", *keys, "mlm_loss", "kd_loss", "kd_loss_mse", "omp_similarity",
                         "avg_score", "score_std_seeds", "n_tasks", "n_seeds", "n_stopped", "ticket_id")
             if c in avg.columns and (c != "n_stopped" or stopped.any())]  # fmt: skip
-    doc.table(avg[cols].assign(avg_score=mark_stopped(avg["avg_score"], stopped)))
+    doc.table(avg[cols].assign(avg_score=mark_stopped(avg["avg_score"], stopped)).rename(columns=short))
     if stopped.any():
         doc.p(f"_{DAGGER} the average includes n_stopped score(s) of trials stopped early by the scheduler (ASHA) "
               "before their last step: a lower bound._")  # fmt: skip
@@ -125,13 +127,18 @@ def tidy_section(doc: Doc, td: pd.DataFrame, tidy_rows: int) -> None:
     if not len(td):
         doc.p("No finished transfer trials.")
         return
-    doc.p(f"{len(td)} rows (ticket × task × seed) of finished transfer trials; first {min(tidy_rows, len(td))}"
-          " shown. File: `tidy.csv`.")  # fmt: skip
+    keys = config_columns(td)  # the searched values that tell trials apart (e.g. transfer.lr)
+    doc.p(f"{len(td)} rows (ticket × task × seed{' × searched values' if keys else ''}) of finished transfer "
+          f"trials; first {min(tidy_rows, len(td))} shown. File: `tidy.csv`.")  # fmt: skip
     stopped = stopped_mask(td)
-    cols = [c for c in ("label", "sparsity", "steps", "task", "seed", "best_score", "stopped_early", "mlm_loss",
-                        "kd_loss", "kd_loss_mse", "omp_similarity", "loss_source", "n_trials", "ticket_id")
-            if c in td.columns and (c != "stopped_early" or stopped.any())]  # fmt: skip
-    doc.table(td[cols].assign(best_score=mark_stopped(td["best_score"], stopped)), max_rows=tidy_rows)
+    if keys:
+        doc.p("Searched values that differ between the trials (a row per value): "
+              + ", ".join(f"`{short(k)}`" for k in keys) + ".")
+    cols = [c for c in ("label", "sparsity", "steps", "task", "seed", *keys, "best_score", "stopped_early",
+                        "mlm_loss", "kd_loss", "kd_loss_mse", "omp_similarity", "loss_source", "n_trials",
+                        "ticket_id") if c in td.columns and (c != "stopped_early" or stopped.any())]  # fmt: skip
+    doc.table(td[cols].assign(best_score=mark_stopped(td["best_score"], stopped)).rename(columns=short),
+              max_rows=tidy_rows)
     if stopped.any():
         doc.p(f"_{DAGGER_NOTE} {int(stopped.sum())} of the {len(td)} rows._")
 
@@ -232,3 +239,31 @@ def failures_section(doc: Doc, df: pd.DataFrame, d: pd.DataFrame) -> None:
     ex_done = ex[_status(ex).isin(FINISHED)] if len(ex) else ex
     if len(ex_done):
         doc.p(f"{len(ex_done)} finished transfer trial(s) reported no best_score and were left out of the scores.")
+
+
+def best_by_note(doc: Doc, keys: list[str]) -> None:
+    """The sentence saying which searched values were reduced to their best (``--best-by``)."""
+    if keys:
+        doc.p("**Best value picked** (`--best-by`): per ticket and task, only the trials of the value of "
+              + ", ".join(f"`{short(k)}`" for k in keys) + " with the highest mean best_score over fine-tuning "
+              "seeds are kept in every table, correlation and figure below.")  # fmt: skip
+
+
+def by_key_section(doc: Doc, td: pd.DataFrame, key: str) -> None:
+    """``--group-by KEY``: best_score per value of KEY, per ticket and task (mean ± std over seeds) and per task
+    (mean over tickets, the best value marked)."""
+    doc.h(2, f"Scores by {short(key)}")
+    per_ticket, per_task = by_key(td, key)
+    if not len(per_ticket):
+        doc.p("No finished transfer trials.")
+        return
+    cell = [f"{m:.4g} ± {s:.2g} (n={n})" if np.isfinite(s) else f"{m:.4g} (n={n})"
+            for m, s, n in zip(per_ticket["mean"], per_ticket["std"], per_ticket["n"])]  # fmt: skip
+    wide = per_ticket.assign(cell=cell, sparsity=per_ticket["sparsity"].map(fmt_num)).pivot_table(
+        index=["task", "label", "sparsity"], columns=key, values="cell", aggfunc="first", sort=False)
+    doc.p(f"best_score per value of `{short(key)}` (columns): mean ± std over fine-tuning seeds (n seeds).")
+    doc.table(wide.reset_index().rename(columns=lambda c: fmt_num(c) if not isinstance(c, str) else c))
+    doc.p(f"Per task: the mean over tickets of those means; **best** = the value of `{short(key)}` with the "
+          "highest (the rule \"best mean dev score over the tickets swept\").")
+    doc.table(per_task.assign(mean=[fmt_num(v) for v in per_task["mean"]],
+                              best=["**best**" if b else "" for b in per_task["best"]]).rename(columns=short))

@@ -25,6 +25,7 @@ from sparsebert.ticket import method_label  # noqa: F401  (re-exported)
 
 # re-exported: the names this module held before it was split (report, tests and users import them from here)
 from .columns import COLUMNS  # noqa: F401
+from .config_keys import best_by, config_columns, searched_keys, within_task_keys
 from .results_io import (  # noqa: F401
     ACTIVE, ANALYSIS_DIR, DAGGER, DAGGER_NOTE, EARLY_STOPPED, FINISHED, LOSSES, RESULTS_CSV, RESULTS_PARQUET,
     TICKET_FIELDS, _col, _first_valid, _isnull, _norm_str, _stage, _status, fmt_num, load_results, mark_stopped,
@@ -60,8 +61,13 @@ def tidy(
     similarity: bool = True,
     statuses: tuple[str, ...] = FINISHED,
     exclude_stopped: bool = False,
+    best: Iterable[str] = (),
 ) -> pd.DataFrame:
-    """One row per (ticket, task, fine-tuning seed) of finished transfer trials, with ticket info and losses.
+    """One row per (ticket, task, fine-tuning seed, searched values) of finished transfer trials, with ticket info
+    and losses. The searched values are the ``config/...`` columns that differ between the experiment's transfer
+    trials (:func:`analysis.config_keys.searched_keys`, e.g. ``config/transfer.lr`` of an lr grid): trials that
+    differ only in one of them are separate rows. ``best``: config columns to pick the best value of instead
+    (per ticket and task, the value with the best mean score over seeds: :func:`analysis.config_keys.best_by`).
 
     ``stopped_early`` marks rows whose kept trial was stopped early by the scheduler; ``exclude_stopped`` drops
     those trials before anything is joined or merged (so ``n_trials`` counts only the others).
@@ -71,9 +77,10 @@ def tidy(
     ``omp_similarity`` needs the ticket files (``similarity=False`` skips the mask reads). See :data:`COLUMNS`."""
     exp = Path(exp_dir) if exp_dir is not None else (Path(df.attrs["exp_dir"]) if "exp_dir" in df.attrs else None)
     mcols = metric_columns(df)
+    keys = searched_keys(df[_stage(df) == "transfer"]) if df is not None and len(df) else []
     base_cols = ["ticket_id", "label", *TICKET_FIELDS, "ticket_seed", "ticket_path", *LOSSES, "loss_source",
-                 "omp_similarity", "omp_hamming", "task", "seed", *mcols, "best_score", "stopped_early", "n_trials",
-                 "trial_id", "time_total_s"]  # fmt: skip
+                 "omp_similarity", "omp_hamming", "task", "seed", *keys, *mcols, "best_score", "stopped_early",
+                 "n_trials", "trial_id", "time_total_s"]  # fmt: skip
     if df is None or not len(df):
         return pd.DataFrame(columns=base_cols)
     d = df.reset_index(drop=True)
@@ -148,11 +155,15 @@ def tidy(
         tr[c] = _col(tr, c)
     tr["stopped_early"] = tr["_status"].eq(EARLY_STOPPED)
 
-    # several finished trials of one (ticket, task, seed): keep the best, count them
+    # several finished trials of one (ticket, task, seed, searched values), e.g. num_samples > 1: keep the best,
+    # count them
+    row_key = ["ticket_id", "task", "seed", *keys]
     tr = tr.sort_values("best_score", ascending=False, kind="stable")
-    n_trials = tr.groupby(["ticket_id", "task", "seed"], sort=False)["best_score"].transform("size")
+    n_trials = tr.groupby(row_key, sort=False, dropna=False)["best_score"].transform("size")
     tr["n_trials"] = n_trials.astype(int)
-    tr = tr.drop_duplicates(["ticket_id", "task", "seed"], keep="first")
+    tr = tr.drop_duplicates(row_key, keep="first")
+    for k in best:
+        tr = best_by(tr, k)
 
     # similarity to the OMP ticket of the same model and sparsity
     tr["omp_similarity"] = np.nan
@@ -163,7 +174,7 @@ def tidy(
             tr["omp_similarity"] = tr["ticket_id"].map(sims["omp_similarity"])
             tr["omp_hamming"] = tr["ticket_id"].map(sims["omp_hamming"])
 
-    out = tr[base_cols].sort_values(["model", "sparsity", "label", "ticket_id", "task", "seed"],
+    out = tr[base_cols].sort_values(["model", "sparsity", "label", "ticket_id", "task", *keys, "seed"],
                                     na_position="last", kind="stable")  # fmt: skip
     return out.reset_index(drop=True)
 
@@ -175,12 +186,16 @@ def tidy(
 def average_over_tasks(tidy_df: pd.DataFrame, tasks: Iterable[str] | None = None) -> pd.DataFrame:
     """Per ticket: mean over tasks of (mean over fine-tuning seeds of best_score).
 
-    Only tickets with a score for *every* task go in; ``tasks`` defaults to every task that has a finished
-    score anywhere in ``tidy_df``. ``n_tasks``/``tasks`` say what was averaged, ``n_stopped`` how many of the
-    averaged (task, seed) scores were cut short by the scheduler (see :func:`stopped_mask`)."""
+    A searched value that varies for one ticket on one task (an lr grid: :func:`analysis.config_keys.
+    within_task_keys`) keeps its values apart (a row per ticket and value); one fixed per task (an lr set per
+    task) is averaged over with the tasks. Only tickets with a score for *every* task go in; ``tasks`` defaults
+    to every task that has a finished score anywhere in ``tidy_df``. ``n_tasks``/``tasks`` say what was
+    averaged, ``n_stopped`` how many of the averaged (task, seed) scores were cut short by the scheduler (see
+    :func:`stopped_mask`)."""
     ticket_cols = ["ticket_id", "label", *TICKET_FIELDS, "ticket_seed", "ticket_path", *LOSSES, "loss_source",
                    "omp_similarity", "omp_hamming"]  # fmt: skip
-    cols = [*ticket_cols, "avg_score", "score_std_seeds", "n_tasks", "tasks", "n_seeds", "n_stopped"]
+    keys = within_task_keys(tidy_df, config_columns(tidy_df)) if tidy_df is not None else []
+    cols = [*ticket_cols, *keys, "avg_score", "score_std_seeds", "n_tasks", "tasks", "n_seeds", "n_stopped"]
     if tidy_df is None or not len(tidy_df):
         return pd.DataFrame(columns=cols)
     t = tidy_df[tidy_df["best_score"].notna()]
@@ -189,18 +204,20 @@ def average_over_tasks(tidy_df: pd.DataFrame, tasks: Iterable[str] | None = None
         return pd.DataFrame(columns=cols)
     t = t[t["task"].isin(want)]
     t = t.assign(_stopped=stopped_mask(t).astype(int))
-    per_task = t.groupby(["ticket_id", "task"]).agg(
+    per_task = t.groupby(["ticket_id", *keys, "task"], dropna=False).agg(
         score=("best_score", "mean"), std=("best_score", "std"), n_seeds=("best_score", "size"),
         n_stopped=("_stopped", "sum"),
     ).reset_index()
     rows = []
     first = t.drop_duplicates("ticket_id").set_index("ticket_id")
-    for tid, g in per_task.groupby("ticket_id", sort=False):
+    for gkey, g in per_task.groupby(["ticket_id", *keys], sort=False, dropna=False):
+        tid = gkey[0] if isinstance(gkey, tuple) else gkey
         if set(g["task"]) != set(want):
             continue
         info = first.loc[tid]
         r = {c: info.get(c, np.nan) for c in ticket_cols if c != "ticket_id"}
         r["ticket_id"] = tid
+        r.update({k: g[k].iloc[0] for k in keys})
         r["avg_score"] = float(g["score"].mean())
         r["score_std_seeds"] = float(g["std"].mean()) if g["std"].notna().any() else np.nan
         r["n_tasks"] = len(want)
@@ -211,7 +228,8 @@ def average_over_tasks(tidy_df: pd.DataFrame, tasks: Iterable[str] | None = None
     if not rows:
         return pd.DataFrame(columns=cols)
     out = pd.DataFrame(rows)[cols]
-    return out.sort_values(["model", "sparsity", "label", "ticket_id"], na_position="last").reset_index(drop=True)
+    return out.sort_values(["model", "sparsity", "label", "ticket_id", *keys], na_position="last",
+                           kind="stable").reset_index(drop=True)
 
 
 def missing_tasks(tidy_df: pd.DataFrame, df: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -238,7 +256,7 @@ def missing_tasks(tidy_df: pd.DataFrame, df: pd.DataFrame | None = None) -> pd.D
 
 def write_tables(
     exp_dir: str | os.PathLike, df: pd.DataFrame | None = None, similarity: bool = True,
-    exclude_stopped: bool = False,
+    exclude_stopped: bool = False, best: Iterable[str] = (),
 ) -> dict[str, Any]:
     """Write ``EXP_DIR/analysis/tidy.{parquet,csv}`` and ``average.{parquet,csv}`` (``exclude_stopped``: without
     the trials the scheduler stopped early).
@@ -247,7 +265,7 @@ def write_tables(
     exp_dir = Path(exp_dir)
     if df is None:
         df = load_results(exp_dir)
-    td = tidy(df, exp_dir, similarity=similarity, exclude_stopped=exclude_stopped)
+    td = tidy(df, exp_dir, similarity=similarity, exclude_stopped=exclude_stopped, best=best)
     avg = average_over_tasks(td)
     out = exp_dir / ANALYSIS_DIR
     paths = write_frame(td, out / "tidy") + write_frame(avg, out / "average")

@@ -9,7 +9,8 @@
 2. Writes, between ``<!-- generated:paper_small -->`` markers: what ran (trials per status, the device the trials
    logged, trial time), the table (per task mean ± std over seeds, the average over the complete tasks), the rank
    correlations of the MLM / KD losses with the average score, the figure (copied to ``--figures``), and the
-   learning-rate sweep's table when ``--lr-sweep`` is given.
+   learning-rate sweep's table per task when ``--lr-sweep`` is given (paper_small_lr.yaml: the chosen rate per task
+   by its rule, and the ``per_task`` line that paper_small.yaml takes).
 """
 
 from __future__ import annotations
@@ -115,20 +116,56 @@ def proxy_table(df: pd.DataFrame) -> str:
                       "| compute | with finding |", "|---|---|---|---|---|---|---|---|---|---|", *rows])
 
 
-def lr_table(sweep: Path) -> str:
+def _lr_results(sweep: Path) -> pd.DataFrame:
+    """The sweep's finished transfer trials with their lr as ``config/transfer.lr`` (runs before that column
+    existed: read from each trial's config.json)."""
     df = pd.read_parquet(sweep / "results.parquet")
-    lrs = {d.name: json.loads((d / "config.json").read_text())["transfer"]["lr"]
-           for d in sweep.iterdir() if (d / "config.json").is_file()}
-    df["lr"] = df["trial_id"].map(lrs)
-    g = df[df["status"] == "TERMINATED"].groupby(["lr", "label"])["best_score"].agg(["mean", "std"]).unstack()
-    mean = df.groupby("lr")["best_score"].mean()
-    rows = [f"| {lr:g} | " + " | ".join(f"{100 * g[('mean', m)][lr]:.1f} ± {100 * g[('std', m)][lr]:.1f}"
-                                         for m in ("Dense", "OMP")) + f" | {100 * mean[lr]:.1f} |"
-            for lr in sorted(g.index)]
-    best = mean.idxmax()
-    return "\n".join([f"MRPC dev score (mean of F1 and accuracy, × 100; 2 seeds; {device_of(sweep)}); chosen: "
-                      f"**{best:g}** (best mean over both tickets):", "",
-                      "| lr | Dense | OMP 0.7 | mean |", "|---|---|---|---|", *rows])
+    if "config/transfer.lr" not in df:
+        lrs = {d.name: json.loads((d / "config.json").read_text())["transfer"]["lr"]
+               for d in sweep.iterdir() if (d / "config.json").is_file()}
+        df["config/transfer.lr"] = df["trial_id"].map(lrs)
+    return df[(df["stage"] == "transfer") & (df["status"] == "TERMINATED") & df["best_score"].notna()]
+
+
+def chosen_lrs(sweep: Path) -> dict[str, float]:
+    """Per task, the lr with the best mean dev score over the tickets swept (each first averaged over seeds)."""
+    from analysis.config_keys import by_key
+
+    _, per_task = by_key(_lr_results(sweep), "config/transfer.lr")
+    return {r["task"]: float(r["config/transfer.lr"]) for _, r in per_task[per_task["best"]].iterrows()}
+
+
+def lr_table(sweep: Path) -> str:
+    """Per task and lr: each ticket's dev score (mean ± std over seeds) and their mean; the chosen lr in bold, and
+    the ``per_task`` lines for paper_small.yaml."""
+    from analysis.config_keys import by_key
+
+    per_ticket, per_task = by_key(_lr_results(sweep), "config/transfer.lr")
+    key = "config/transfer.lr"
+    tickets = list(dict.fromkeys(zip(per_ticket["label"], per_ticket["sparsity"])))
+    names = [f"{lab} {sp:g}" if sp else lab for lab, sp in tickets]
+    order = [t for t in TASK_ORDER if t in set(per_task["task"])] + sorted(set(per_task["task"]) - set(TASK_ORDER))
+    rows = []
+    for task in order:
+        for _, r in per_task[per_task["task"] == task].sort_values(key).iterrows():
+            cells = []
+            for lab, sp in tickets:
+                m = per_ticket[(per_ticket["task"] == task) & (per_ticket[key] == r[key])
+                               & (per_ticket["label"] == lab) & (per_ticket["sparsity"] == sp)]
+                cells.append("" if not len(m) else f"{100 * m['mean'].iloc[0]:.1f}" + (
+                    f" ± {100 * m['std'].iloc[0]:.1f}" if pd.notna(m["std"].iloc[0]) else ""))
+            mean = f"{100 * r['mean']:.1f}"
+            rows.append(f"| {task} | {r[key]:g} | " + " | ".join(cells)
+                        + (f" | **{mean}** |" if r["best"] else f" | {mean} |"))
+    chosen = chosen_lrs(sweep)
+    per = ", ".join(f"{t}: {chosen[t]:.1e}" for t in order if t in chosen)
+    seeds = int(per_ticket["n"].max()) if len(per_ticket) else 0
+    return "\n".join([
+        f"dev score × 100 per task and lr (MCC for CoLA, Pearson for STS-B, mean of F1 and accuracy for MRPC, "
+        f"accuracy otherwise; mean ± std over {seeds} seed(s); {device_of(sweep)}). Rule: per task, the lr with the "
+        f"best mean over the tickets (bold). Chosen, as paper_small.yaml's `transfer.lr`: "
+        f"`{{per_task: {{{per}}}, default: 2.0e-4}}`", "",
+        "| task | lr | " + " | ".join(names) + " | mean |", "|---|---|" + "---|" * (len(names) + 1), *rows])
 
 
 def section(exp: Path, lr_sweep: Path | None, fig_dir: Path) -> str:

@@ -140,6 +140,7 @@ def cmd_resume(args) -> int:
 
 
 def cmd_report(args) -> int:
+    from analysis.config_keys import UnknownKey
     from analysis.results_io import ResultsDamaged
 
     exp_dir = Path(args.experiment)
@@ -149,8 +150,9 @@ def cmd_report(args) -> int:
     from analysis.report import write_report
 
     try:
-        print(write_report(exp_dir, exclude_stopped=getattr(args, "exclude_stopped", False)))
-    except ResultsDamaged as e:  # neither results.parquet nor results.csv is intact (a fallback only warns)
+        keys = {k: getattr(args, k) for k in ("best_by", "group_by") if getattr(args, k, None)}
+        print(write_report(exp_dir, exclude_stopped=getattr(args, "exclude_stopped", False), **keys))
+    except (ResultsDamaged, UnknownKey) as e:  # no intact copy (a fallback only warns); a key the results lack
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return EXIT_OK

@@ -20,17 +20,70 @@ RESULT_COLUMNS = ("label", "ticket_id", "ticket_path", "mlm_loss", "kd_loss", "k
                   "time_total_s", "training_iteration", "startup_s", "find_s", "ticket_made", "cached", "step",
                   "total_steps", "device", "precision")
 TICKET_KEYS = ("model", "method", "init", "objective", "sparsity", "steps")
+CONFIG = "config/"
+
+
+def config_columns(cfg: dict | None) -> dict:
+    """Every value of a trial's config, flattened: ``config/<section>.<key>`` (``config/transfer.lr``,
+    ``config/ticket.reset_every``, ``config/ticket.text.source``, ``config/eval.eval_blocks``, ``config/stage``).
+    The ticket is the space's ticket section overlaid with the trial's variant (as the trial builds it), a value
+    set per task is the trial's task's, a list (or an empty mapping) is its JSON text. For a PBT trial the config
+    is its last one (the values it ended with)."""
+    import json
+
+    from sparsebert.per_task import resolve_config
+
+    cfg = resolve_config(dict(cfg or {}))
+    top = {k: v for k, v in cfg.items() if k != "variant"}
+    if "ticket" in cfg or "variant" in cfg:
+        top["ticket"] = ticket_config(cfg)
+    out: dict = {}
+
+    def walk(prefix: str, v) -> None:
+        if isinstance(v, dict) and v:
+            for k, x in v.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), x)
+        else:
+            out[CONFIG + prefix] = json.dumps(v, default=str) if isinstance(v, (list, tuple, dict)) else v
+
+    walk("", top)
+    return out
+
+
+def _one_type_per_config_column(df):
+    """A config column whose values mix kinds (numbers and text, e.g. ``eval_every: auto`` vs 50) becomes text:
+    parquet holds one type per column."""
+    import numbers
+
+    for c in [c for c in df.columns if str(c).startswith(CONFIG)]:
+        vals = [v for v in df[c] if v is not None and not (isinstance(v, float) and v != v)]
+        kinds = {bool if isinstance(v, bool) else numbers.Number if isinstance(v, numbers.Number) else str
+                 for v in vals}
+        if len(kinds) > 1 or kinds - {bool, numbers.Number, str}:
+            df[c] = df[c].map(lambda v: v if v is None or (isinstance(v, float) and v != v) else str(v))
+    return df
+
+
+def _trial_configs(result_grid) -> dict:
+    """path -> config of every trial Tune knows (a trial that never reported has no config in its result)."""
+    ea = getattr(result_grid, "_experiment_analysis", None)
+    try:
+        return {str(t.path): t.config for t in (getattr(ea, "trials", None) or [])}
+    except Exception:  # noqa: BLE001 -- best effort: a private attribute of Tune's
+        return {}
 
 
 def results_frame(result_grid, experiment: str):
-    """One row per trial: config, final and best metrics, ticket path, status and error."""
+    """One row per trial: config (every value, as ``config/...`` columns), final and best metrics, ticket path,
+    status and error."""
 
     import pandas as pd
 
     rows = []
+    known = _trial_configs(result_grid)
     for r in result_grid:
         m = dict(r.metrics or {})
-        cfg = r.config or {}
+        cfg = r.config or known.get(str(r.path)) or {}
         row = {"trial_id": m.get("trial_id") or (Path(r.path).name if r.path else None), "experiment": experiment,
                "stage": m.get("stage", cfg.get("stage")), "trial_dir": r.path}
         if r.error is not None:
@@ -60,11 +113,12 @@ def results_frame(result_grid, experiment: str):
             if k not in skip and isinstance(v, (int, float)) and not isinstance(v, bool):
                 row[f"metric/{k}"] = v
         row["node_ip"] = m.get("node_ip")
+        row.update(config_columns(cfg))
         if r.metrics_dataframe is not None and "score" in getattr(r.metrics_dataframe, "columns", []):
             s = r.metrics_dataframe["score"].dropna()
             row["best_score"] = float(s.max()) if len(s) else row["best_score"]
         rows.append(row)
-    df = pd.DataFrame(rows)
+    df = _one_type_per_config_column(pd.DataFrame(rows))
     if "best_score" in df:
         df["best_score"] = pd.to_numeric(df["best_score"], errors="coerce")
     return df
@@ -184,10 +238,16 @@ def summarize(df, exp_dir: Path, wall: float) -> int:
     by = df["status"].value_counts().to_dict() if n else {}
     print(f"\n== {n} trials in {wall:.0f}s: " + ", ".join(f"{v} {k.lower()}" for k, v in sorted(by.items())))
     print(f"== results: {df.attrs.get('results_file') or exp_dir / 'results.parquet'} (and .csv)")
+    from analysis.config_keys import short, varying_keys
+
     cols = [c for c in ("label", "sparsity", "task", "status", "mlm_loss", "kd_loss", "best_score", "time_total_s")
             if c in df and df[c].notna().any()]
+    keys = varying_keys(df, shown=cols)  # the searched values: two trials never print as one row
+    at = cols.index("status") if "status" in cols else len(cols)
+    cols = cols[:at] + keys + cols[at:]
     if n:
-        print(df[cols].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+        print(df[cols].rename(columns={k: short(k) for k in keys}).to_string(
+            index=False, float_format=lambda x: f"{x:.4g}"))
     if n and "stage" in df:
         cut = df[df["stage"].isin(["find", "evaluate"]) & (df["status"] == "EARLY_STOPPED")]
         if len(cut):

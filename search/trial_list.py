@@ -114,9 +114,11 @@ def _cost(cfg: dict[str, Any]) -> float:
 
 def trials(space: Space, store_root: Path) -> list[Trial]:
     from sparsebert.finders import finder_spec
+    from sparsebert.per_task import resolve_config
 
     out = []
     for i, cfg in enumerate(expand(config_template(space, store_root), space.tune["num_samples"])):
+        cfg = resolve_config(cfg)  # values set per task: the trial's task's
         spec = finder_spec(ticket_config(cfg))
         out.append(Trial(i, cfg, spec.ticket_id, _cost(cfg)))
     return out

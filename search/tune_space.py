@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
 from search_spaces.space import Space, _is_dim, ticket_points
 
 
+def _task_value(v: Any, spec) -> Any:
+    """A per-task value (sparsebert/per_task.py) for the trial's task, once Tune has resolved the task."""
+    from sparsebert.per_task import value_for
+
+    return value_for(v, spec.config.transfer.task)
+
+
 def _to_tune(v: Any, optuna: bool):
     from ray import tune
 
+    from sparsebert.per_task import is_per_task
+
+    if is_per_task(v):  # resolved from the trial's task (Optuna cannot: the trainable resolves it then)
+        return v if optuna else tune.sample_from(functools.partial(_task_value, v))
     if isinstance(v, dict) and not _is_dim(v):
         return {k: _to_tune(x, optuna) for k, x in v.items()}
     if not _is_dim(v):

@@ -9,6 +9,7 @@ A space file (see ``demo.yaml``) has these top-level keys, and each is consumed 
     ticket            finder fields shared by every trial                      sparsebert/finders.py (one spec per method)
     variants          list of partial ticket dicts, one grid axis              search_spaces/space.py (ticket_points)
     transfer          FinetuneConfig fields + lr/eval_every/seed/...           sparsebert/finetune.py (split_transfer)
+    transfer.K        per task: {per_task: {cola: 1.0e-4}, default: 2.0e-4}    sparsebert/per_task.py (resolve)
     eval              pre-training loss evaluation                             sparsebert/pipeline.py (EvalSpec)
     tune              metric, mode, scheduler, searcher, num_samples, ...      search/tune_space.py, search/tuner.py
     resources         cpu, gpu per trial (gpu 0.25 packs 4 trials on a GPU)    search/tuner.py (trial_resources)
@@ -21,6 +22,10 @@ A space file (see ``demo.yaml``) has these top-level keys, and each is consumed 
 
 Any value inside ``ticket``/``transfer`` may be a search dimension:
 ``{grid: [...]}``, ``{choice: [...]}``, ``{uniform: [lo, hi]}``, ``{loguniform: [lo, hi]}``, ``{randint: [lo, hi]}``.
+A ``transfer`` value (not ``task``) may instead be set per task, ``{per_task: {TASK: VALUE, ...}, default: VALUE}``:
+each trial gets its task's value (else the default), and that resolved value is what its config and the results'
+``config/transfer.K`` column hold; unknown task names, a search dimension inside it, and a task of the space with
+neither its own value nor a default are refused here.
 Everything is validated here, before Ray starts; errors name the file and the key. ``--smoke``: search_spaces/smoke.py.
 Local task data (``transfer.data_dir`` / ``$SPARSEBERT_DATA_DIR``) is checked file by file in :func:`validate`; the
 machine (:func:`check_machine`) and the models (:func:`check_models`) by ``run`` before it creates anything.
@@ -36,8 +41,8 @@ from typing import Any
 import yaml
 
 from .smoke import shrink, smoke_model_dir  # noqa: F401  (smoke_model_dir: re-exported)
-from .space import (DIMENSIONS, Space, SpaceError, _check_dim, _err, _expand, _is_dim, as_dict,  # noqa: F401
-                    grid_size, ticket_points)
+from .space import (DIMENSIONS, Space, SpaceError, _check_dim, _err, _expand, _is_dim, _points,  # noqa: F401
+                    as_dict, grid_size, ticket_points)
 
 SPACES_DIR = Path(__file__).resolve().parent
 TOP_KEYS = {"description", "stage", "model", "ticket", "variants", "transfer", "eval", "tune", "resources",
@@ -127,8 +132,14 @@ def validate(path: Path, raw: dict[str, Any]) -> Space:
             if _is_dim(v):
                 _check_dim(path, f"transfer.{k}", v)
         from sparsebert.finetune import split_transfer
+        from sparsebert.per_task import PerTaskError, check, resolve
 
-        for point in _expand(transfer):
+        try:  # values set per task: known task names, plain values, one (or the default) for every task run
+            check(transfer, _points(transfer["task"]), is_dim=_is_dim)
+        except PerTaskError as e:
+            raise _err(path, f"transfer.{e.key}", e.msg) from None
+
+        for point in map(resolve, _expand(transfer)):
             try:
                 split_transfer({"transfer": point})
             except (ValueError, TypeError) as e:
@@ -212,8 +223,10 @@ def _check_task_data(path: Path, transfer: dict) -> None:
     otherwise surface after the ticket was made). Hub data is not checked (no download before a run)."""
     from sparsebert.task_data import check_task_files
 
+    from sparsebert.per_task import resolve
+
     seen = set()
-    for point in _expand(transfer):
+    for point in map(resolve, _expand(transfer)):
         task, data_dir = str(point.get("task")), point.get("data_dir")
         if (task, data_dir) in seen:
             continue

@@ -63,6 +63,9 @@ def shrink(raw: dict[str, Any]) -> dict[str, Any]:
         raw["variants"] = _spread(raw["variants"], 4)
     if raw.get("transfer"):
         tr = {k: _cut(v) for k, v in raw["transfer"].items()}
+        for k, v in tr.items():  # values set per task: the smoke task (polarity) takes the default, else the first
+            if isinstance(v, dict) and "per_task" in v and "default" not in v and isinstance(v["per_task"], dict):
+                tr[k] = {**v, "default": next(iter(v["per_task"].values()), None)}
         tr.update(SMOKE_TRANSFER)
         tr["task"] = "polarity"  # the embedded task: paper tasks need hub/local data a smoke run may not have
         tr.pop("data_dir", None)

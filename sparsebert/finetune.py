@@ -120,8 +120,11 @@ def resolve_eval_every(value: Any, task: str) -> int:
 
 
 def split_transfer(config: dict[str, Any]):
-    """``transfer`` section -> (FinetuneConfig, TrainConfig); ``eval_every: auto`` is resolved for the task."""
-    t = dict(config.get("transfer") or {})
+    """``transfer`` section -> (FinetuneConfig, TrainConfig); ``eval_every: auto`` and values set per task
+    (:mod:`sparsebert.per_task`) are resolved for the task."""
+    from .per_task import resolve
+
+    t = dict(resolve(config.get("transfer")) or {})
     train_kw = {k: t.pop(k) for k in list(t) if k in TRAIN_KEYS}
     known = {f.name for f in dataclasses.fields(FinetuneConfig)}
     unknown = set(t) - known
