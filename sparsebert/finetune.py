@@ -23,7 +23,7 @@ from transformers import logging as hf_logging
 from . import squad
 from .masking import apply_masks
 from .metrics import squad_metrics
-from .models import resolve
+from .models import TRUST_REMOTE_CODE, resolve
 from .runtime import CPU, Runtime, prefetch, to_cpu
 from .task_tensors import TaskTensors, eval_order, train_batches
 from .task_data import load_task
@@ -176,10 +176,11 @@ class FineTune:
         hf_logging.set_verbosity_error()
         try:
             if self.spec.kind == "span":
-                self.model = AutoModelForQuestionAnswering.from_pretrained(resolve(model_name))
+                self.model = AutoModelForQuestionAnswering.from_pretrained(resolve(model_name),
+                                                                           trust_remote_code=TRUST_REMOTE_CODE)
             else:
                 self.model = AutoModelForSequenceClassification.from_pretrained(
-                    resolve(model_name), num_labels=self.spec.num_labels
+                    resolve(model_name), num_labels=self.spec.num_labels, trust_remote_code=TRUST_REMOTE_CODE
                 )
         finally:
             hf_logging.set_verbosity(verbosity)

@@ -179,6 +179,9 @@ class Ticket:
         path = Path(path)
         if not (path / MASK_FILE).is_file() or not (path / META_FILE).is_file():
             raise _error(path, f"not a ticket directory (needs {MASK_FILE} and {META_FILE})")
+        links = [f for f in (path, path / MASK_FILE, path / META_FILE) if f.is_symlink()]
+        if links:  # a ticket's files are its own: nothing is read through a link to someone else's file
+            raise _error(path, f"{links[0]} is a symlink (to {os.readlink(links[0])}), not a ticket's own file")
         try:
             meta = TicketMeta.from_json(json.loads((path / META_FILE).read_text()))
         except (json.JSONDecodeError, UnicodeDecodeError, TypeError, KeyError, ValueError, OSError) as e:
