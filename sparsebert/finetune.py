@@ -161,6 +161,8 @@ class FineTune:
             max_eval_examples=cfg.max_eval_examples,
         )
         self.raw = raw
+        #: malformed rows dropped from the task's files (wrong column count, unknown label), all splits
+        self.bad_rows = int(sum((getattr(raw, "bad_rows", None) or {}).values()))
         datasets_logging.disable_progress_bar()
         tok = tokenize_task(self.spec, raw, tokenizer, max_length=cfg.max_length, stride=cfg.stride,
                             stride_mode=cfg.stride_mode)
