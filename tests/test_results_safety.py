@@ -199,8 +199,25 @@ def test_load_results_skips_a_csv_shorter_than_the_parquet(base, tmp_path):
     df = load_results(exp, warn=warned.append)
     assert len(df) == len(full) and df.attrs["results_file"] == str(exp / "results.parquet")
     assert len(warned) == 1 and str(exp / "results.csv") in warned[0] and "cut short" in warned[0]
-    (exp / "results.parquet").unlink()  # the short CSV alone cannot be told from a whole one
-    assert len(load_results(exp, warn=warned.append)) < len(full) and len(warned) == 1
+    (exp / "results.parquet").unlink()  # the short CSV alone: only the trial directories tell (issue 21)
+    assert len(load_results(exp, warn=warned.append)) < len(full) and len(warned) == 2
+    assert "have no row" in warned[1] and str(exp / "results.csv") in warned[1]
+
+
+def test_report_cross_checks_the_rows_against_the_trial_dirs_and_warns_at_the_top(base, tmp_path, capsys):
+    """The tester's half parquet plus a CSV cut at a row boundary: "4 trials", "No failed trials" (there were 7),
+    the warning on stderr only."""
+    exp = _copy(base, tmp_path)
+    _half(exp / "results.parquet")
+    lines = (exp / "results.csv").read_text().splitlines(keepends=True)
+    (exp / "results.csv").write_text("".join(lines[:2]))  # the header and one row: whole lines, nothing looks cut
+    assert _run("report", exp) == 0
+    err = capsys.readouterr().err
+    assert "have no row" in err
+    md = (exp / "analysis" / "report.md").read_text()
+    top = md.split("\n## ", 1)[0]  # before the first section
+    assert "results.parquet is damaged" in top and "using results.csv" in top
+    assert "1 rows, but 1 of the 2 trial directories" in top and "have no row" in top
 
 
 # ---------------------------------------------------------------------------------- 3. a moved experiment
