@@ -28,7 +28,7 @@ from .fsutil import atomic_write, file_lock, move_aside
 from .masking import apply_masks
 from .models import load_pretraining_model, load_tokenizer
 from .runtime import CPU, Runtime
-from .ticket import Method, Ticket, TicketError, config_hash
+from .ticket import Method, Ticket, TicketError, check_address, check_fits, config_hash
 from .training import CHECKPOINT_FILE, CheckpointError, checkpoint_step
 
 __all__ = ["EvalSpec", "FinderSpec", "SharedText", "StoreError", "TicketStore", "ensure_head", "evaluate_ticket", "finder_spec",
@@ -85,27 +85,6 @@ class SharedText:
 
 class StoreError(TicketError):
     """The store itself cannot be used safely (e.g. its ``tickets/`` is a symlink)."""
-
-
-def check_address(ticket: Ticket, ticket_id: str, path: Path) -> None:
-    """TicketError unless ``ticket_id`` is the hash of the finder spec recorded in the ticket's ``ticket.json``
-    (a ticket's content is its address)."""
-    got = config_hash(ticket.meta.config) if ticket.meta.config else None
-    if got != ticket_id:
-        raise TicketError(f"ticket {ticket_id} at {path}: ticket.json's spec hashes to {got} "
-                          f"({ticket.meta.method.value} s={ticket.meta.sparsity} of {ticket.meta.model}), not to "
-                          f"its id {ticket_id}: it is another ticket copied or moved here")
-
-
-def check_fits(ticket: Ticket, model: str, path: Path) -> None:
-    """TicketError unless the ticket's masks are exactly the prunable weights of ``model`` (names and shapes)."""
-    from .models import prunable_shapes
-    from .ticket import validate_masks
-
-    try:
-        validate_masks(ticket.masks, prunable_shapes(model), where=f"model {model}")
-    except TicketError as e:
-        raise TicketError(f"ticket {path.name} at {path}: {e}") from None
 
 
 class TicketStore:

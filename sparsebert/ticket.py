@@ -314,3 +314,23 @@ def validate_masks(masks: dict[str, torch.Tensor], shapes: dict[str, torch.Size]
     for n, m in masks.items():
         if tuple(m.shape) != tuple(shapes[n]):
             raise TicketError(f"mask {n!r} has shape {tuple(m.shape)}, the {where}'s weight {tuple(shapes[n])}")
+
+
+def check_address(ticket: Ticket, ticket_id: str, path: Path) -> None:
+    """TicketError unless ``ticket_id`` is the hash of the finder spec recorded in the ticket's ``ticket.json``
+    (a ticket's content is its address)."""
+    got = config_hash(ticket.meta.config) if ticket.meta.config else None
+    if got != ticket_id:
+        raise TicketError(f"ticket {ticket_id} at {path}: ticket.json's spec hashes to {got} "
+                          f"({ticket.meta.method.value} s={ticket.meta.sparsity} of {ticket.meta.model}), not to "
+                          f"its id {ticket_id}: it is another ticket copied or moved here")
+
+
+def check_fits(ticket: Ticket, model: str, path: Path) -> None:
+    """TicketError unless the ticket's masks are exactly the prunable weights of ``model`` (names and shapes)."""
+    from .models import prunable_shapes
+
+    try:
+        validate_masks(ticket.masks, prunable_shapes(model), where=f"model {model}")
+    except TicketError as e:
+        raise TicketError(f"ticket {path.name} at {path}: {e}") from None
