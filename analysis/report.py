@@ -115,6 +115,8 @@ def write_report(
     name = ", ".join(dict.fromkeys(exps)) if len(exps) else exp_dir.name
     doc.h(1, f"Experiment report: {name}")
     doc.p(f"Directory `{exp_dir}`; {len(df)} trials; generated {time.strftime('%Y-%m-%d %H:%M:%S')}.")
+    for w in df.attrs.get("results_warnings", []):  # fallbacks and mismatches first: what the numbers below miss
+        doc.p(f"**Warning:** {w}")
     notes: list[str] = []  # problems met while building the report itself
 
     def guarded(what: str, fn: Callable[[], Any], default: Any = None) -> Any:

@@ -121,6 +121,7 @@ def load_results(exp_dir: str | os.PathLike, warn: Callable[[str], None] | None 
     if df is None:
         raise FileNotFoundError(f"no results in {exp_dir}: neither {exp_dir / RESULTS_PARQUET} nor "
                                 f"{exp_dir / RESULTS_CSV} exists")
+    warns = [*warns, *missing_trials(exp_dir, df, src)]
     for w in warns:
         (warn or (lambda m: print(f"warning: {m}", file=sys.stderr)))(w)
     df.attrs["exp_dir"] = str(exp_dir)
@@ -128,6 +129,29 @@ def load_results(exp_dir: str | os.PathLike, warn: Callable[[str], None] | None 
     if warns:
         df.attrs["results_warnings"] = list(warns)
     return df
+
+
+TRIAL_FILES = ("config.json", "params.json")  # a local-executor trial dir, a Ray Tune one
+
+
+def missing_trials(exp_dir: Path, df: pd.DataFrame, src: Path | None = None) -> list[str]:
+    """The cross-check of a results table against the experiment's trial directories: a warning (one line, in a
+    list) when directories of trials (holding ``config.json`` or Tune's ``params.json``) have no row in ``df`` --
+    the table is cut short or stale (a trial that never started has a row but no directory: that is fine)."""
+    exp_dir = Path(exp_dir)
+    try:
+        dirs = sorted(p.name for p in exp_dir.iterdir() if p.is_dir() and not p.is_symlink()
+                      and any((p / f).is_file() for f in TRIAL_FILES))
+    except OSError:
+        return []
+    known = {str(v) for v in _col(df, "trial_id", None).dropna()}
+    known |= {Path(str(v)).name for v in _col(df, "trial_dir", None).dropna()}
+    lost = [d for d in dirs if d not in known]
+    if not lost:
+        return []
+    return [f"{src or exp_dir / RESULTS_PARQUET} has {len(df)} rows, but {len(lost)} of the {len(dirs)} trial "
+            f"directories in {exp_dir} have no row (e.g. {', '.join(lost[:3])}): the table is cut short or stale, "
+            f"so counts below miss those trials; `run_search.py resume {exp_dir}` rewrites it from them"]
 
 
 def write_frame(df: pd.DataFrame, stem: Path) -> list[Path]:

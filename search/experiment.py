@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
 from . import EXIT_BAD_INPUT, EXIT_OK
+from .driver import DriverBusy, clean_leftovers, clear_experiment, driver_lock, experiment_files
 from .tuner import fit, is_uri
 
 
@@ -81,20 +81,30 @@ def cmd_run(args) -> int:
         return EXIT_OK
     if _check_executor(space, args) is not None:
         return EXIT_BAD_INPUT
-    if exp_dir.exists() and any(exp_dir.iterdir()):
-        if not args.overwrite:
-            print(f"error: {exp_dir} exists: `run_search.py resume {exp_dir}` or pass --overwrite", file=sys.stderr)
-            return EXIT_BAD_INPUT
-        shutil.rmtree(exp_dir)
+    if exp_dir.exists() and experiment_files(exp_dir) and not args.overwrite:
+        print(f"error: {exp_dir} exists: `run_search.py resume {exp_dir}` or pass --overwrite", file=sys.stderr)
+        return EXIT_BAD_INPUT
     exp_dir.mkdir(parents=True, exist_ok=True)
-    (exp_dir / SPACE_COPY).write_text(json.dumps(
-        {"space": as_dict(space), "storage": storage, "store_root": str(store_root), "name": name}, default=str,
-        indent=2))
-    if space.raw.get("proxy") is not None:  # two-stage, proxy-guided search (search_spaces/proxy_runner.py)
-        from .proxy_search import run_proxy_search
+    try:
+        with driver_lock(exp_dir):  # held until the driver ends: a second driver on it is refused
+            if experiment_files(exp_dir):
+                if not args.overwrite:  # made by a driver that started meanwhile
+                    print(f"error: {exp_dir} exists: `run_search.py resume {exp_dir}` or pass --overwrite",
+                          file=sys.stderr)
+                    return EXIT_BAD_INPUT
+                clear_experiment(exp_dir)
+            clean_leftovers(exp_dir, store_root)
+            (exp_dir / SPACE_COPY).write_text(json.dumps(
+                {"space": as_dict(space), "storage": storage, "store_root": str(store_root), "name": name},
+                default=str, indent=2))
+            if space.raw.get("proxy") is not None:  # two-stage, proxy-guided search (search_spaces/proxy_runner.py)
+                from .proxy_search import run_proxy_search
 
-        return run_proxy_search(space, args, exp_dir, storage, name, store_root)
-    return _execute(space, exp_dir, storage, name, store_root, args, restore=False)
+                return run_proxy_search(space, args, exp_dir, storage, name, store_root)
+            return _execute(space, exp_dir, storage, name, store_root, args, restore=False)
+    except DriverBusy as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
 
 
 def cmd_resume(args) -> int:
@@ -136,7 +146,13 @@ def cmd_resume(args) -> int:
     storage, name, notes = location(exp_dir, meta)  # where it is now, not where space.json says it was made
     for note in notes:
         print(f"note: {note}")
-    return _execute(space, exp_dir, storage, name, Path(meta["store_root"]), args, restore=True)
+    try:
+        with driver_lock(exp_dir):  # held until the driver ends: a second driver on it is refused
+            clean_leftovers(exp_dir, Path(meta["store_root"]) if not is_uri(meta["store_root"]) else None)
+            return _execute(space, exp_dir, storage, name, Path(meta["store_root"]), args, restore=True)
+    except DriverBusy as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
 
 
 def cmd_report(args) -> int:

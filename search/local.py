@@ -50,8 +50,35 @@ from .trial_list import Trial, check_local, excluded, parse_exclude, parse_shard
 
 # --------------------------------------------------------------------------------------------- the worker side
 
-def _init_worker(slots, cpus: int) -> None:
-    """Pin a worker to a GPU (when there are several) and to ``cpus`` torch threads, before torch is imported."""
+def _die_with(parent: int) -> None:
+    """End this worker when its driver ends, however it ends (SIGKILL included): Linux's ``PR_SET_PDEATHSIG``
+    (SIGKILL to us when the parent dies), else a thread that watches the parent pid. A driver already gone before
+    this ran (the race PDEATHSIG leaves open) ends us at once."""
+    import ctypes
+    import signal
+    import threading
+
+    armed = False
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            armed = libc.prctl(1, signal.SIGKILL, 0, 0, 0) == 0  # 1: PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        os._exit(1)
+    if not armed:
+        def watch() -> None:
+            while os.getppid() == parent:
+                time.sleep(1.0)
+            os._exit(1)
+
+        threading.Thread(target=watch, daemon=True, name="die-with-driver").start()
+
+
+def _init_worker(slots, cpus: int, parent: int | None = None) -> None:
+    """Pin a worker to a GPU (when there are several) and to ``cpus`` torch threads, before torch is imported; the
+    worker dies with its driver (``parent``)."""
+    if parent is not None:
+        _die_with(parent)
     slot = slots.get()
     os.environ["OMP_NUM_THREADS"] = str(max(1, cpus))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -83,7 +110,9 @@ def run_trial(trial_dir: str, trial_id: str, stage: str, config: dict[str, Any],
             error = {"type": type(e).__name__, "message": str(e).strip(), "traceback": traceback.format_exc()}
             with open(d / "log.txt", "a") as log:
                 log.write(error["traceback"])
-            if attempts > max_failures:
+                if _deterministic(e):
+                    log.write(f"not retried: a {type(e).__name__} fails the same way every time\n")
+            if attempts > max_failures or _deterministic(e):
                 break
     result = {"trial_id": trial_id, "status": "ERROR" if error else "TERMINATED", "error": error,
               "metrics": session.last, "wall_s": time.time() - t0, "attempts": attempts}
@@ -93,7 +122,45 @@ def run_trial(trial_dir: str, trial_id: str, stage: str, config: dict[str, Any],
     return result
 
 
+def _deterministic(e: BaseException) -> bool:
+    """An error a retry would only repeat (a ticket that does not fit, a data file refused): not retried."""
+    from sparsebert.tasks import TaskDataError
+    from sparsebert.ticket import TicketError
+
+    return isinstance(e, (TicketError, TaskDataError))
+
+
 # --------------------------------------------------------------------------------------------- the driver side
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM to the driver: handled as Ctrl-C is (workers stopped, results written), exit 143."""
+
+
+EXIT_TERMINATED = 143  # 128 + SIGTERM
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM raises :class:`Terminated` in the main thread for the body (the handler before is restored)."""
+    import signal
+
+    fired = []
+
+    def handler(signum, frame):
+        if not fired:  # once: a second SIGTERM must not cut the writing of the results short
+            fired.append(signum)
+            raise Terminated()
+
+    try:
+        old = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: nothing to install
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
 
 @dataclass
 class LocalResult:
@@ -142,7 +209,7 @@ def _done(exp_dir: Path, t: Trial) -> bool:
 def run_local(space: Space, exp_dir: Path, name: str, store_root: Path, workers: int | None = None,
               shard_spec: str | None = None, exclude: list[str] | None = None) -> int:
     """Run (or continue) the space's trials in ``exp_dir``; write the results; print a line per trial."""
-    from . import EXIT_BAD_INPUT, EXIT_INTERRUPTED
+    from . import EXIT_BAD_INPUT
 
     t_start = time.time()
     try:
@@ -176,11 +243,19 @@ def run_local(space: Space, exp_dir: Path, name: str, store_root: Path, workers:
     slots = ctx.Queue()
     for i in range(workers):
         slots.put(i)
-    done_n, failed, cost_left = 0, 0, sum(t.cost for t in todo)
-    interrupted = False
     if ngpu:
         os.environ.setdefault("SPARSEBERT_LOCAL_GPUS", ",".join(str(i) for i in range(ngpu)) if ngpu > 1 else "")
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(slots, cpus))
+    with _sigterm_as_interrupt():
+        return _drive(space, exp_dir, name, every, mine, todo, n, workers, cpus, ctx, slots, t_start)
+
+
+def _drive(space, exp_dir, name, every, mine, todo, n, workers, cpus, ctx, slots, t_start) -> int:
+    from . import EXIT_INTERRUPTED
+
+    done_n, failed, cost_left = 0, 0, sum(t.cost for t in todo)
+    interrupted = None
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
+                               initargs=(slots, cpus, os.getpid()))
     try:
         futs = {pool.submit(run_trial, str(exp_dir / t.trial_id), t.trial_id, space.stage, t.config,
                             space.tune["max_failures"]): t for t in todo}
@@ -203,9 +278,10 @@ def run_local(space: Space, exp_dir: Path, name: str, store_root: Path, workers:
                       f"({exp_dir.name}/{t.trial_id}/log.txt)", flush=True)
                 failed += res["status"] == "ERROR"
         pool.shutdown()
-    except KeyboardInterrupt:
-        interrupted = True
-        print(f"\ninterrupted: trials in flight are stopped; `run_search.py resume {exp_dir} --executor local` "
+    except KeyboardInterrupt as e:
+        interrupted = e
+        print(f"\n{'terminated (SIGTERM)' if isinstance(e, Terminated) else 'interrupted'}: trials in flight are "
+              f"stopped; `run_search.py resume {exp_dir} --executor local` "
               "runs what did not finish", file=sys.stderr)
         procs = list((getattr(pool, "_processes", None) or {}).values())
         pool.shutdown(wait=False, cancel_futures=True)
@@ -223,7 +299,9 @@ def run_local(space: Space, exp_dir: Path, name: str, store_root: Path, workers:
         return EXIT_INFRA
     code = summarize(df[df["trial_id"].isin([t.trial_id for t in mine])] if n > 1 else df, exp_dir,
                      time.time() - t_start)
-    return EXIT_INTERRUPTED if interrupted else code
+    if interrupted is not None:
+        return EXIT_TERMINATED if isinstance(interrupted, Terminated) else EXIT_INTERRUPTED
+    return code
 
 
 def _outcome(res: dict) -> str:

@@ -61,6 +61,11 @@ def _pickle_complete(data: bytes) -> str | None:
 def tune_state_damage(exp_dir: Path) -> str | None:
     """What is damaged in the Tune state of ``exp_dir`` (``tuner.pkl``, the newest ``experiment_state-*.json``, the
     one Tune resumes from), or None when both are whole."""
+    return tuner_pkl_damage(exp_dir) or experiment_state_damage(exp_dir)
+
+
+def tuner_pkl_damage(exp_dir: Path) -> str | None:
+    """What is wrong with ``tuner.pkl`` (missing, empty, cut short), or None."""
     pkl = exp_dir / TUNER_PKL
     if not pkl.is_file():
         return f"{pkl} is missing (this is not a Ray Tune experiment, or it never started)"
@@ -68,8 +73,11 @@ def tune_state_damage(exp_dir: Path) -> str | None:
         why = _pickle_complete(pkl.read_bytes())
     except OSError as e:
         why = f"cannot be read ({e.strerror or e})"
-    if why:
-        return f"{pkl} {why}"
+    return f"{pkl} {why}" if why else None
+
+
+def experiment_state_damage(exp_dir: Path) -> str | None:
+    """What is wrong with the newest ``experiment_state-*.json`` (Tune's list of trials), or None."""
     states = sorted(exp_dir.glob(STATE_GLOB))
     if not states:
         return f"{exp_dir} has no {STATE_GLOB} (Tune's list of trials)"
@@ -116,3 +124,102 @@ def location(exp_dir: Path, meta: dict) -> tuple[str, str, list[str]]:
             notes.append(f"the ticket store {store} named in space.json does not exist: the tickets of unfinished "
                          "trials will be made there again")
     return str(exp_dir.parent), exp_dir.name, notes
+
+
+# ------------------------------------------------------------------ a full disk, and results from the trial dirs
+
+def disk_full(path: Path, probe: int = 1 << 16) -> str | None:
+    """``"no space left on device (N bytes free on the filesystem of PATH)"`` when a ``probe``-byte file cannot be
+    written in ``path`` for lack of space, else None. How a failure whose own message hides it (Tune unpickling a
+    0-byte ``error.pkl``: ``EOFError: Ran out of input``) is named as what it is."""
+    import errno
+    import shutil
+    import tempfile
+
+    try:
+        free = shutil.disk_usage(path).free
+    except OSError:
+        return None
+    try:
+        with tempfile.TemporaryFile(dir=path) as fh:
+            fh.write(b"\0" * probe)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return f"no space left on device ({free:,} bytes free on the filesystem of {path})"
+    return None
+
+
+class FileGuard:
+    """Keep a good small file good: its bytes are read at the start, and a file that is then cut short (Tune
+    rewriting ``tuner.pkl`` on a full disk leaves 0 bytes) is put back when the guard ends."""
+
+    def __init__(self, path: Path, check=lambda data: _pickle_complete(data)):
+        self.path, self.check = Path(path), check
+        try:
+            data = self.path.read_bytes()
+        except OSError:
+            data = None
+        self.good = data if data is not None and check(data) is None else None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.restore()
+
+    def restore(self) -> bool:
+        """Put the good bytes back if the file is no longer whole; True if it did."""
+        if self.good is None:
+            return False
+        try:
+            if self.check(self.path.read_bytes()) is None:
+                return False
+        except OSError:
+            pass
+        from sparsebert.fsutil import atomic_write
+
+        try:
+            atomic_write(self.path, self.good)
+        except OSError:  # no room for a temporary copy: in place (the cut file freed exactly that much)
+            with open(self.path, "wb") as fh:
+                fh.write(self.good)
+        return True
+
+
+def ray_trial_results(exp_dir: Path) -> list:
+    """The trials of a Ray Tune experiment read from their own directories (``params.json``, ``result.json``,
+    ``error.txt``), whatever Tune's experiment state says: what is written when that state cannot be used. A trial
+    that reached its last step (or made its ticket) is finished; one with ``error.txt`` failed; any other is
+    unfinished (PENDING: a resume runs it)."""
+    import pandas as pd
+
+    from .local import LocalResult
+
+    out = []
+    for d in sorted(p for p in exp_dir.iterdir() if p.is_dir() and (p / "params.json").is_file()):
+        try:
+            config = json.loads((d / "params.json").read_text())
+        except (OSError, ValueError):
+            continue
+        rows = []
+        if (d / "result.json").is_file():
+            for line in (d / "result.json").read_text(errors="replace").splitlines():
+                try:
+                    rows.append(json.loads(line))
+                except ValueError:  # a line cut by a full disk or a crash
+                    pass
+        last = dict(rows[-1]) if rows else {}
+        total, step = last.get("total_steps"), last.get("step")
+        finished = (total is not None and step is not None and step >= total) or bool(last.get("ticket_path"))
+        error = None
+        if (d / "error.txt").is_file():
+            msg = (d / "error.txt").read_text(errors="replace").strip().splitlines()
+            error = RuntimeError(msg[-1] if msg else "the trial failed (error.txt)")
+        elif not finished:
+            last.pop("training_iteration", None)  # unfinished: PENDING, its best so far is no score
+        last.setdefault("trial_id", d.name)  # Tune puts the trial id in every row
+        frame = pd.DataFrame(rows) if rows and finished else None
+        out.append(LocalResult(last, config, error, str(d), frame))
+    return out

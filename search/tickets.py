@@ -95,6 +95,9 @@ def export_ticket(ticket: str | os.PathLike, out: str | os.PathLike | None = Non
     t = Ticket.load(src)
     ticket_id = src.name  # a store's directory name is the id (the hash of the finder config)
     out = Path(out) if out is not None else Path("exported") / ticket_id
+    if out.is_symlink():  # --overwrite would empty (or rmtree refuse) whatever the link points to
+        raise FileExistsError(f"{out} is a symlink (to {os.readlink(out)}): give a real directory as --out; "
+                              f"nothing was written or removed")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         if not overwrite:
             raise FileExistsError(f"{out} exists and is not empty: pass --overwrite")
@@ -157,8 +160,9 @@ def ticket_table(store: str | os.PathLike = "results") -> pd.DataFrame:
     used = _experiment_ids(store)
     rows = []
     for d in sorted(tdir.iterdir()) if tdir.is_dir() else []:
-        if not d.is_dir() or d.name.startswith(".") or ".corrupt-" in d.name or not (d / META_FILE).is_file() \
-                or not (d / MASK_FILE).is_file():  # quarantined tickets (<id>.corrupt-<time>) are not tickets
+        # quarantined tickets (<id>.corrupt-<time>) and symlinks (someone else's directory) are not tickets
+        if d.is_symlink() or not d.is_dir() or d.name.startswith(".") or ".corrupt-" in d.name \
+                or not (d / META_FILE).is_file() or not (d / MASK_FILE).is_file():
             continue
         try:
             meta = read_meta(d)

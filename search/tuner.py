@@ -158,21 +158,38 @@ def build_tuner(space, exp_dir: Path, storage: str, name: str, store_root: Path,
 
 def fit(space, exp_dir, storage, name, store_root, args, restore: bool) -> int:
     from .results import ResultsWriteError
-    from .resume_checks import kept_note, tune_state_damage
+    from .resume_checks import (TUNER_PKL, FileGuard, experiment_state_damage, kept_note, tune_state_damage,
+                                tuner_pkl_damage)
 
     t0 = time.time()
     exp_dir = Path(exp_dir)
     # the Tune experiment: a local one is the directory itself (resume: where it is now), a URI one <storage>/<name>
     path = f"{storage}/{name}" if is_uri(storage) else str(exp_dir)
-    if restore and not is_uri(storage):
+    local = not is_uri(storage)
+    rebuild = False
+    if restore and local:
         damage = tune_state_damage(exp_dir)  # named before Ray starts; nothing in it is unpickled here
-        if damage:
-            print(f"error: cannot resume {exp_dir}: its Tune state is damaged: {damage}; {kept_note(exp_dir)}",
-                  file=sys.stderr)
+        if damage and tuner_pkl_damage(exp_dir) and not experiment_state_damage(exp_dir):
+            # tuner.pkl (the Tuner's settings) is rebuilt from the space; the trials come from the whole state
+            from sparsebert.fsutil import move_aside
+
+            bad = exp_dir / TUNER_PKL
+            moved = f", moved aside to {move_aside(bad)}" if bad.exists() else ""
+            print(f"note: {damage}{moved}; rebuilding it from the space, the trials from "
+                  f"{sorted(exp_dir.glob('experiment_state-*.json'))[-1].name}", file=sys.stderr)
+            rebuild = True
+        elif damage:
+            note = _from_trial_dirs(exp_dir, name)
+            print(f"error: cannot resume {exp_dir}: its Tune state is damaged: {damage}; "
+                  f"{note or kept_note(exp_dir)}", file=sys.stderr)
             return EXIT_INFRA
+    guard = FileGuard(exp_dir / TUNER_PKL) if local else None  # Tune rewrites it: never leave it cut short
     try:
         init_ray(args.address, args.cpus, getattr(args, "gpus", None))
         shared = None if getattr(args, "no_shared_inputs", False) else shared_inputs(space)
+        if rebuild:
+            build_tuner(space, exp_dir, storage, name, store_root, shared, getattr(args, "max_concurrent", None))
+            guard = FileGuard(exp_dir / TUNER_PKL)
         if restore:
             from ray import tune
 
@@ -180,8 +197,8 @@ def fit(space, exp_dir, storage, name, store_root, args, restore: bool) -> int:
                 tuner = tune.Tuner.restore(path, trainable=trainable(space, shared), resume_errored=True)
             except Exception as e:  # noqa: BLE001 -- a state the checks above could not see is damaged
                 print(f"error: cannot resume {path}: Tune cannot restore its state ({type(e).__name__}: "
-                      f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}); {kept_note(exp_dir)}",
-                      file=sys.stderr)
+                      f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}){_full(exp_dir)}; "
+                      f"{_kept(exp_dir, name)}", file=sys.stderr)
                 return EXIT_INFRA
         else:
             tuner = build_tuner(space, exp_dir, storage, name, store_root, shared, getattr(args, "max_concurrent", None))
@@ -190,9 +207,14 @@ def fit(space, exp_dir, storage, name, store_root, args, restore: bool) -> int:
         print("\ninterrupted: resume with `run_search.py resume " + str(exp_dir) + "`", file=sys.stderr)
         _write_partial(storage, name, exp_dir, space)
         return EXIT_INTERRUPTED
-    except Exception as e:  # Ray could not run the experiment at all
-        print(f"error: {type(e).__name__}: {e}" + (f"; {kept_note(exp_dir)}" if restore else ""), file=sys.stderr)
+    except Exception as e:  # Ray could not run the experiment at all (or its state could not be written)
+        print(f"error: {type(e).__name__}: {e}{_full(exp_dir)}; {_kept(exp_dir, name) if local else ''}",
+              file=sys.stderr)
         return EXIT_INFRA
+    finally:
+        if guard is not None and guard.restore():
+            print(f"note: {exp_dir / TUNER_PKL} was cut short while Tune rewrote it; the good copy is back",
+                  file=sys.stderr)
     try:
         df = write_results(grid, exp_dir, name)
     except ResultsWriteError as e:  # e.g. the disk is full: the files there before are unchanged
@@ -202,6 +224,39 @@ def fit(space, exp_dir, storage, name, store_root, args, restore: bool) -> int:
     return summarize(df, exp_dir, time.time() - t0)
 
 
+def _full(exp_dir: Path) -> str:
+    """`` (no space left on device ...)`` when the disk of ``exp_dir`` is full: what Tune's own error hides."""
+    from .resume_checks import disk_full
+
+    why = disk_full(exp_dir) if Path(exp_dir).is_dir() else None
+    return f" -- ENOSPC: {why}" if why else ""
+
+
+def _from_trial_dirs(exp_dir: Path, name: str) -> str | None:
+    """Write the results from the trials' own directories (whatever Tune's state says); a sentence on what was
+    written, or None when there is no Ray trial directory (or nothing could be written)."""
+    from .resume_checks import ray_trial_results
+    from .results import ResultsWriteError
+
+    found = ray_trial_results(Path(exp_dir))
+    if not found:
+        return None
+    try:
+        df = write_results(found, exp_dir, name)
+    except ResultsWriteError as e:
+        return f"the results could not be written from the {len(found)} trial directories either ({e})"
+    done = int((df["status"] == "TERMINATED").sum())
+    where = df.attrs.get("results_file") or Path(exp_dir) / "results.parquet"
+    return (f"the results of the {len(found)} trial directories ({done} finished) are in {where}; "
+            f"`run_search.py resume {exp_dir}` runs the rest")
+
+
+def _kept(exp_dir: Path, name: str) -> str:
+    from .resume_checks import kept_note
+
+    return _from_trial_dirs(exp_dir, name) or kept_note(exp_dir)
+
+
 def _write_partial(storage, name, exp_dir, space) -> None:
     try:
         from ray import tune
@@ -209,5 +264,6 @@ def _write_partial(storage, name, exp_dir, space) -> None:
         path = f"{storage}/{name}" if is_uri(storage) else str(exp_dir)
         grid = tune.Tuner.restore(path, trainable=trainable(space, None)).get_results()
         write_results(grid, exp_dir, name)
-    except Exception as e:  # best effort: the experiment state on disk is what resume uses
-        print(f"(partial results not written: {e})", file=sys.stderr)
+    except Exception as e:  # the Tune state cannot be read back: the trials' own directories can
+        note = None if is_uri(storage) else _from_trial_dirs(Path(exp_dir), name)
+        print(note or f"(partial results not written: {e})", file=sys.stderr)

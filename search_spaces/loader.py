@@ -298,7 +298,7 @@ def _model_problem(model: str, local: bool) -> tuple[str | None, str | None]:
     if p.is_dir():
         if not (p / "config.json").is_file():
             return f"{model}: a directory without config.json (not a Hugging Face model directory)", None
-        return None, None
+        return _config_problem(model), None
     if p.exists():
         return f"{model}: a file, not a model directory (a local model is a directory with config.json)", None
     if model.startswith(("/", ".", "~")) or model.count("/") > 1 or "\\" in model or not model.strip():
@@ -311,8 +311,8 @@ def _model_problem(model: str, local: bool) -> tuple[str | None, str | None]:
     from transformers import AutoConfig
 
     try:
-        AutoConfig.from_pretrained(model, local_files_only=True)
-        return None, None
+        AutoConfig.from_pretrained(model, local_files_only=True, trust_remote_code=False)
+        return _config_problem(model), None
     except OSError:
         cached = f"not in the Hugging Face cache ({HF_HUB_CACHE})"
     except Exception as e:  # noqa: BLE001  (e.g. ValueError: a config this transformers cannot read)
@@ -323,11 +323,22 @@ def _model_problem(model: str, local: bool) -> tuple[str | None, str | None]:
         return (f"{model!r} not found: {tried}; HF_HUB_OFFLINE=1 downloads nothing: download it once online "
                 f"(HF_HUB_OFFLINE=0) or give a local model directory"), None
     try:
-        AutoConfig.from_pretrained(model)
-        return None, None
+        AutoConfig.from_pretrained(model, trust_remote_code=False)
+        return _config_problem(model), None
     except Exception as e:  # noqa: BLE001
         return (f"{model!r} not found: {tried}, not on the Hub ({type(e).__name__}: "
                 f"{' '.join(str(e).split())[:200]})"), None
+
+
+def _config_problem(model: str) -> str | None:
+    """What is wrong with a model's config (never running the model's own code: trust_remote_code=False), or None."""
+    from sparsebert.models import load_config
+
+    try:
+        load_config(model)
+    except Exception as e:  # noqa: BLE001 -- UnsupportedModelError (custom code, unknown type), a bad config.json
+        return f"{model}: {' '.join(str(e).split())[:300]}"
+    return None
 
 
 def _culprit(point: dict, variant: dict, i: int) -> str:

@@ -23,7 +23,7 @@ from transformers import logging as hf_logging
 from . import squad
 from .masking import apply_masks
 from .metrics import squad_metrics
-from .models import resolve
+from .models import TRUST_REMOTE_CODE, resolve
 from .runtime import CPU, Runtime, prefetch, to_cpu
 from .task_tensors import TaskTensors, eval_order, train_batches
 from .task_data import load_task
@@ -164,6 +164,8 @@ class FineTune:
             max_eval_examples=cfg.max_eval_examples,
         )
         self.raw = raw
+        #: malformed rows dropped from the task's files (wrong column count, unknown label), all splits
+        self.bad_rows = int(sum((getattr(raw, "bad_rows", None) or {}).values()))
         datasets_logging.disable_progress_bar()
         tok = tokenize_task(self.spec, raw, tokenizer, max_length=cfg.max_length, stride=cfg.stride,
                             stride_mode=cfg.stride_mode)
@@ -179,10 +181,11 @@ class FineTune:
         hf_logging.set_verbosity_error()
         try:
             if self.spec.kind == "span":
-                self.model = AutoModelForQuestionAnswering.from_pretrained(resolve(model_name))
+                self.model = AutoModelForQuestionAnswering.from_pretrained(resolve(model_name),
+                                                                           trust_remote_code=TRUST_REMOTE_CODE)
             else:
                 self.model = AutoModelForSequenceClassification.from_pretrained(
-                    resolve(model_name), num_labels=self.spec.num_labels
+                    resolve(model_name), num_labels=self.spec.num_labels, trust_remote_code=TRUST_REMOTE_CODE
                 )
         finally:
             hf_logging.set_verbosity(verbosity)

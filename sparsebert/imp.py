@@ -130,7 +130,9 @@ class IMP:
 
     def state_dict(self) -> dict[str, Any]:
         masks = {k: p.mask for k, p in mask_params(self.model.base).items()}
-        return to_cpu({"round": self.round, "masks": masks, "weights": self.model.state_dict()})
+        # the tickets of the rounds done so far (plain tensors and JSON-able metadata: weights_only loads them)
+        tickets = {f"{s:.6f}": {"masks": dict(t.masks), "meta": t.meta.to_json()} for s, t in self.tickets.items()}
+        return to_cpu({"round": self.round, "masks": masks, "weights": self.model.state_dict(), "tickets": tickets})
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.round = int(state["round"])
@@ -138,6 +140,10 @@ class IMP:
             for k, p in mask_params(self.model.base).items():
                 p.mask.copy_(state["masks"][k])
             self.model.load_state_dict(state["weights"])
+        # a checkpoint written before tickets were kept in it has none: those rounds' tickets are not emitted
+        self.tickets = {round(float(s), 6): Ticket({k: m.clone() for k, m in t["masks"].items()},
+                                                   TicketMeta.from_json(t["meta"]))
+                        for s, t in (state.get("tickets") or {}).items()}
 
     # ---- pruning ------------------------------------------------------------------------------------------------
     @torch.no_grad()

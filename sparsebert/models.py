@@ -8,6 +8,7 @@ so a ticket's baked export computes the same MLM logits.
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoTokeni
 from transformers import logging as hf_logging
 
 from .embedded import EMBEDDED_MODEL
-from .registry import SUPPORTED_MODEL_TYPES, UnsupportedModelError, weight_of
+from .registry import SUPPORTED_MODEL_TYPES, UnsupportedModelError, prunable_modules, weight_of
 
 
 def resolve(name: str) -> str:
@@ -30,8 +31,39 @@ def resolve(name: str) -> str:
     return resolve_model_path(name)
 
 
+#: Hugging Face's ``trust_remote_code``: never. A model directory or hub repo whose config names custom code
+#: (``auto_map`` with a ``.py`` file) is refused, never run (transformers would otherwise ask on a terminal).
+TRUST_REMOTE_CODE = False
+
+
 def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
-    return AutoTokenizer.from_pretrained(resolve(name))
+    return AutoTokenizer.from_pretrained(resolve(name), trust_remote_code=TRUST_REMOTE_CODE)
+
+
+def load_config(name: str, **kw):
+    """A model's config without running any code of the model's own: custom code (``auto_map``) for a model type
+    transformers does not know, or a model type this project does not support, is an UnsupportedModelError."""
+    path = resolve(name)
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=TRUST_REMOTE_CODE, **kw)
+    except ValueError as e:
+        if "trust_remote_code" in str(e) or "custom code" in str(e):
+            raise UnsupportedModelError(f"{name}: its config asks to run the model's own code (auto_map); remote "
+                                        f"or custom model code is never run: use a supported model type "
+                                        f"{sorted(SUPPORTED_MODEL_TYPES)}") from None
+        raise
+    check_model_type(config)
+    return config
+
+
+@functools.lru_cache(maxsize=16)
+def prunable_shapes(name: str) -> dict[str, tuple[int, ...]]:
+    """Mask key -> weight shape of a model's prunable matrices (base model with pooler), from its config alone:
+    built on the meta device, no weights read."""
+    config = load_config(name)
+    with torch.device("meta"):
+        base = AutoModel.from_config(config, add_pooling_layer=True, trust_remote_code=TRUST_REMOTE_CODE)
+    return {k: tuple(weight_of(m).shape) for k, m in prunable_modules(base).items()}
 
 
 def check_model_type(config) -> str:
@@ -110,14 +142,15 @@ def load_pretraining_model(name: str, mlm_head: str | None = None) -> Pretrainin
     (all-MiniLM), ``mlm_head`` (a fitted head's safetensors) is loaded; otherwise the head stays random and
     ``head_pretrained`` is False."""
     path = resolve(name)
-    config = AutoConfig.from_pretrained(path)
+    config = load_config(name)
     model_type = check_model_type(config)
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()  # MiniLM has no cls.* keys: transformers warns loudly about it
     hf_logging.disable_progress_bar()
     try:
-        base = AutoModel.from_pretrained(path, add_pooling_layer=True)
-        mlm, info = AutoModelForMaskedLM.from_pretrained(path, output_loading_info=True)
+        base = AutoModel.from_pretrained(path, add_pooling_layer=True, trust_remote_code=TRUST_REMOTE_CODE)
+        mlm, info = AutoModelForMaskedLM.from_pretrained(path, output_loading_info=True,
+                                                         trust_remote_code=TRUST_REMOTE_CODE)
     finally:
         hf_logging.set_verbosity(verbosity)
         if bars:

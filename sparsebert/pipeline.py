@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import fcntl
 import logging
 import os
 import shutil
-import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,14 +24,14 @@ from .data import TextDataConfig
 from .kd_data import text_data
 from .evaluation import evaluate_kd, evaluate_mlm
 from .finders import DEFAULT_TEXT, FindContext, FinderSpec, finder_spec
-from .fsutil import atomic_write, move_aside, utc_stamp
+from .fsutil import atomic_write, file_lock, move_aside
 from .masking import apply_masks
 from .models import load_pretraining_model, load_tokenizer
 from .runtime import CPU, Runtime
-from .ticket import Method, Ticket, TicketError, config_hash
+from .ticket import Method, Ticket, TicketError, check_address, check_fits, config_hash
 from .training import CHECKPOINT_FILE, CheckpointError, checkpoint_step
 
-__all__ = ["EvalSpec", "FinderSpec", "SharedText", "TicketStore", "ensure_head", "evaluate_ticket", "finder_spec",
+__all__ = ["EvalSpec", "FinderSpec", "SharedText", "StoreError", "TicketStore", "ensure_head", "evaluate_ticket", "finder_spec",
            "make_ticket"]
 
 logger = logging.getLogger(__name__)
@@ -85,6 +83,10 @@ class SharedText:
         return self.blocks[k][split]
 
 
+class StoreError(TicketError):
+    """The store itself cannot be used safely (e.g. its ``tickets/`` is a symlink)."""
+
+
 class TicketStore:
     """``<root>/tickets/<id>/`` (finished tickets), ``<root>/partial/<id>/`` (resumable state), locks beside.
 
@@ -95,8 +97,12 @@ class TicketStore:
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
-        (self.root / "tickets").mkdir(parents=True, exist_ok=True)
-        (self.root / "partial").mkdir(parents=True, exist_ok=True)
+        for sub in ("tickets", "partial"):
+            d = self.root / sub
+            if d.is_symlink():  # the store's own directories: a link would put tickets in someone else's place
+                raise StoreError(f"{d} is a symlink (to {os.readlink(d)}): a ticket store's tickets/ and partial/ "
+                                 f"must be real directories; remove the link")
+            d.mkdir(parents=True, exist_ok=True)
 
     def path(self, spec: FinderSpec) -> Path:
         return self.root / "tickets" / spec.ticket_id
@@ -117,31 +123,53 @@ class TicketStore:
         """Hold ``spec``'s ticket lock. When another process holds it, say once (``log`` and :mod:`logging`) what is
         waited for (ticket id, label, lock path, holder) and again when it is got. ``wait=False``: do not wait;
         the context yields False (lock not held) instead of True. ``wanted``: the ticket the caller wants, when
-        ``spec`` is the run that makes it (named in the messages)."""
+        ``spec`` is the run that makes it (named in the messages). The lock file is never followed through a
+        symlink nor written (:func:`sparsebert.fsutil.file_lock`); a symlink in its place is moved aside."""
         path = self.lock_path(spec)
-        with open(path, "a+") as fh:  # not "w": that would erase the holder's note
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if not wait:
-                    yield False
+        what = _describe(spec, wanted)
+        t0 = [None]
+
+        def waiting(holder: str) -> None:
+            t0[0] = time.monotonic()
+            _note(log, f"waiting for {what}: its lock {path} is held by another trial ({holder})", logging.INFO)
+
+        def symlink(link: Path, moved: Path) -> None:
+            _note(log, f"the lock {link} of {what} was a symlink (someone else's file would have been used as "
+                       f"the lock): moved aside to {moved}, not followed", logging.WARNING)
+
+        with file_lock(path, wait=wait, on_wait=waiting, on_symlink=symlink) as held:
+            if held and t0[0] is not None:
+                _note(log, f"got the lock {path} of {what} after {time.monotonic() - t0[0]:.1f}s", logging.INFO)
+            yield held
+
+    def clean_leftovers(self) -> list[Path]:
+        """Remove what a killed writer left (returns the paths): Ticket.save's temporary directories
+        (``tickets/.<id>.<random>``, ``tickets/.<id>.old.<pid>``), stray lock-note temp files, and temporary files
+        in ``partial/<id>/`` -- each only when the lock of its ticket is free (a live writer holds it: its files
+        are kept). Symlinks among them are unlinked, never followed."""
+        out: list[Path] = []
+        tdir = self.root / "tickets"
+
+        def remove(p: Path, tid: str) -> None:
+            with file_lock(tdir / f".{tid}.lock", wait=False) as held:
+                if not held:
                     return
-                what = _describe(spec, wanted)
-                fh.seek(0)
-                holder = fh.read().strip() or "holder unknown"
-                _note(log, f"waiting for {what}: its lock {path} is held by another trial ({holder})", logging.INFO)
-                t0 = time.monotonic()
-                fcntl.flock(fh, fcntl.LOCK_EX)
-                _note(log, f"got the lock {path} of {what} after {time.monotonic() - t0:.1f}s", logging.INFO)
-            try:
-                fh.truncate(0)
-                fh.write(f"pid {os.getpid()} on {socket.gethostname()} since {utc_stamp()}\n")
-                fh.flush()
-                yield True
-            finally:
-                with contextlib.suppress(OSError):
-                    fh.truncate(0)
-                fcntl.flock(fh, fcntl.LOCK_UN)
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
+                out.append(p)
+
+        for p in sorted(tdir.iterdir()):
+            name = p.name
+            if name.startswith(".") and not name.endswith((".lock", ".lock.holder")) and ".symlink-" not in name:
+                remove(p, name[1:].split(".", 1)[0])
+        for d in sorted((self.root / "partial").iterdir()):
+            if d.is_dir() and not d.is_symlink():
+                for p in sorted(d.iterdir()):
+                    if p.name.startswith("."):
+                        remove(p, d.name)
+        return out
 
     def quarantine(self, spec: FinderSpec, reason: object = "",
                    log: Callable[[str], None] | None = None) -> Path | None:
@@ -149,7 +177,7 @@ class TicketStore:
         loaded) with a warning naming both paths. Call it holding the ticket's lock. Returns the new path (None if
         there was nothing to move)."""
         src = self.path(spec)
-        if not src.exists():
+        if not src.exists() and not src.is_symlink():
             return None
         dest = move_aside(src)
         _note(log, f"stored ticket {spec.ticket_id} ({_label(spec)}) at {src} is corrupt and was moved aside to "
@@ -158,14 +186,30 @@ class TicketStore:
 
     def load_verified(self, spec: FinderSpec, log: Callable[[str], None] | None = None) -> Ticket | None:
         """The stored ticket of ``spec``, verified; None if there is none, or if it was corrupt (then it has been
-        quarantined). Call it holding the lock of the ticket (or of the run that makes it)."""
-        if not self.path(spec).exists():
+        quarantined). Verified: the files (:meth:`Ticket.load`: checksum, sparsity), the address (the id is the hash
+        of the spec in ``ticket.json``: a ticket copied into another id's directory is not that ticket) and the
+        masks against the model's prunable weights (names and shapes). A symlink in the ticket's place (or in its
+        partial's) is quarantined too: nothing is read through it. Call it holding the lock of the ticket (or of
+        the run that makes it)."""
+        path = self.path(spec)
+        partial = self.partial_path(spec)
+        if partial.is_symlink():
+            dest = move_aside(partial, "symlink")
+            _note(log, f"partial state {partial} of ticket {spec.ticket_id} was a symlink: moved aside to {dest}, "
+                       "not followed", logging.WARNING)
+        if path.is_symlink():
+            self.quarantine(spec, f"{path} is a symlink (to {os.readlink(path)}), not a ticket of this store", log)
+            return None
+        if not path.exists():
             return None
         try:
-            return Ticket.load(self.path(spec))
+            ticket = Ticket.load(path)
+            check_address(ticket, spec.ticket_id, path)
+            check_fits(ticket, spec.model, path)
         except TicketError as e:
             self.quarantine(spec, e, log)
             return None
+        return ticket
 
     def get_or_make(
         self, spec: FinderSpec, eval_spec: EvalSpec | None = None, shared: SharedText | None = None,

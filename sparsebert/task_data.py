@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .embedded_polarity import prepare_polarity
-from .glue_tsv import BOM, _check_utf8, _decode, check_glue_tsv, read_glue_tsv  # noqa: F401  (re-exported)
+from .glue_tsv import BOM, _check_utf8, _decode, check_glue_tsv, read_glue_tsv, read_glue_tsv_rows  # noqa: F401
 from .tasks import TASKS, TaskDataError, TaskDataUnavailableError, TaskSpec, get_task
 
 logger = logging.getLogger(__name__)
@@ -182,7 +182,7 @@ def _load_local(spec: TaskSpec, data_dir: Path, splits: Sequence[str]):
     task_dir = _find_task_dir(spec, data_dir)
     if spec.kind == "span" and task_dir is None and data_dir.is_dir():
         task_dir = data_dir
-    out = {}
+    out, bad = {}, {}
     for split in splits:
         path = task_dir / spec.file_for(split) if task_dir is not None else None
         if path is None or not path.is_file():
@@ -190,8 +190,11 @@ def _load_local(spec: TaskSpec, data_dir: Path, splits: Sequence[str]):
         if spec.kind == "span":
             out[split] = datasets.Dataset.from_dict(load_squad_json(path), features=_squad_features())
         else:
-            out[split] = datasets.Dataset.from_dict(read_glue_tsv(spec, path), features=_glue_features(spec))
-    return datasets.DatasetDict(out)
+            cols, bad[split] = read_glue_tsv_rows(spec, path)
+            out[split] = datasets.Dataset.from_dict(cols, features=_glue_features(spec))
+    dd = datasets.DatasetDict(out)
+    dd.bad_rows = {s: b.count for s, b in bad.items()}  # malformed rows dropped per split (the trial reports them)
+    return dd
 
 
 def _load_hub(spec: TaskSpec, splits: Sequence[str]):

@@ -179,6 +179,9 @@ class Ticket:
         path = Path(path)
         if not (path / MASK_FILE).is_file() or not (path / META_FILE).is_file():
             raise _error(path, f"not a ticket directory (needs {MASK_FILE} and {META_FILE})")
+        links = [f for f in (path, path / MASK_FILE, path / META_FILE) if f.is_symlink()]
+        if links:  # a ticket's files are its own: nothing is read through a link to someone else's file
+            raise _error(path, f"{links[0]} is a symlink (to {os.readlink(links[0])}), not a ticket's own file")
         try:
             meta = TicketMeta.from_json(json.loads((path / META_FILE).read_text()))
         except (json.JSONDecodeError, UnicodeDecodeError, TypeError, KeyError, ValueError, OSError) as e:
@@ -311,3 +314,23 @@ def validate_masks(masks: dict[str, torch.Tensor], shapes: dict[str, torch.Size]
     for n, m in masks.items():
         if tuple(m.shape) != tuple(shapes[n]):
             raise TicketError(f"mask {n!r} has shape {tuple(m.shape)}, the {where}'s weight {tuple(shapes[n])}")
+
+
+def check_address(ticket: Ticket, ticket_id: str, path: Path) -> None:
+    """TicketError unless ``ticket_id`` is the hash of the finder spec recorded in the ticket's ``ticket.json``
+    (a ticket's content is its address)."""
+    got = config_hash(ticket.meta.config) if ticket.meta.config else None
+    if got != ticket_id:
+        raise TicketError(f"ticket {ticket_id} at {path}: ticket.json's spec hashes to {got} "
+                          f"({ticket.meta.method.value} s={ticket.meta.sparsity} of {ticket.meta.model}), not to "
+                          f"its id {ticket_id}: it is another ticket copied or moved here")
+
+
+def check_fits(ticket: Ticket, model: str, path: Path) -> None:
+    """TicketError unless the ticket's masks are exactly the prunable weights of ``model`` (names and shapes)."""
+    from .models import prunable_shapes
+
+    try:
+        validate_masks(ticket.masks, prunable_shapes(model), where=f"model {model}")
+    except TicketError as e:
+        raise TicketError(f"ticket {path.name} at {path}: {e}") from None

@@ -9,6 +9,7 @@ directory continues exactly (optimizer, scheduler, RNG, method state; the data o
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import math
@@ -121,13 +122,29 @@ def _build_optim(method: Recipe, cfg: TrainConfig, total: int, runtime: Runtime 
 
 
 def save_checkpoint(directory: Path, state: dict[str, Any]) -> None:
-    """Write ``state`` atomically to ``directory/trainer.pt`` (moved to the CPU: device-independent)."""
+    """Write ``state`` atomically to ``directory/trainer.pt`` (moved to the CPU: device-independent). The
+    checkpoint it replaces is kept as ``trainer.prev.pt`` (a hard link: no copy, and ``trainer.pt`` is only ever
+    replaced by a rename, never written in place), the fallback of :func:`load_resume_checkpoint`."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".trainer.")
     os.close(fd)
-    torch.save(to_cpu(state), tmp)
-    os.replace(tmp, directory / CHECKPOINT_FILE)
+    try:
+        torch.save(to_cpu(state), tmp)
+        current = directory / CHECKPOINT_FILE
+        if current.is_file() and not current.is_symlink():
+            link = directory / f".{PREVIOUS_CHECKPOINT_FILE}.{os.getpid()}"
+            try:
+                link.unlink(missing_ok=True)
+                os.link(current, link)
+                os.replace(link, directory / PREVIOUS_CHECKPOINT_FILE)
+            except OSError:  # a filesystem without hard links: no previous copy kept
+                link.unlink(missing_ok=True)
+        os.replace(tmp, current)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 class CheckpointError(RuntimeError):

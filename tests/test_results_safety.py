@@ -5,11 +5,13 @@ executor makes the experiment, the Ray path is checked up to the restore call.""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import pickle
 import shutil
+import subprocess
 from pathlib import Path
 
 import pandas as pd
@@ -199,8 +201,25 @@ def test_load_results_skips_a_csv_shorter_than_the_parquet(base, tmp_path):
     df = load_results(exp, warn=warned.append)
     assert len(df) == len(full) and df.attrs["results_file"] == str(exp / "results.parquet")
     assert len(warned) == 1 and str(exp / "results.csv") in warned[0] and "cut short" in warned[0]
-    (exp / "results.parquet").unlink()  # the short CSV alone cannot be told from a whole one
-    assert len(load_results(exp, warn=warned.append)) < len(full) and len(warned) == 1
+    (exp / "results.parquet").unlink()  # the short CSV alone: only the trial directories tell (issue 21)
+    assert len(load_results(exp, warn=warned.append)) < len(full) and len(warned) == 2
+    assert "have no row" in warned[1] and str(exp / "results.csv") in warned[1]
+
+
+def test_report_cross_checks_the_rows_against_the_trial_dirs_and_warns_at_the_top(base, tmp_path, capsys):
+    """The tester's half parquet plus a CSV cut at a row boundary: "4 trials", "No failed trials" (there were 7),
+    the warning on stderr only."""
+    exp = _copy(base, tmp_path)
+    _half(exp / "results.parquet")
+    lines = (exp / "results.csv").read_text().splitlines(keepends=True)
+    (exp / "results.csv").write_text("".join(lines[:2]))  # the header and one row: whole lines, nothing looks cut
+    assert _run("report", exp) == 0
+    err = capsys.readouterr().err
+    assert "have no row" in err
+    md = (exp / "analysis" / "report.md").read_text()
+    top = md.split("\n## ", 1)[0]  # before the first section
+    assert "results.parquet is damaged" in top and "using results.csv" in top
+    assert "1 rows, but 1 of the 2 trial directories" in top and "have no row" in top
 
 
 # ---------------------------------------------------------------------------------- 3. a moved experiment
@@ -284,3 +303,107 @@ def test_resume_refuses_a_directory_owned_by_another_user(base, tmp_path, capsys
     path = exp if target == "." else exp / target
     assert f"{path} is owned by uid 65534, not by you" in capsys.readouterr().err
     assert sorted(p.name for p in exp.iterdir() if p.is_dir()) == sorted(p.name for p in base.iterdir() if p.is_dir())
+
+
+# ------------------------------------------------------------------- 4. a full disk under a Ray experiment (issue 21)
+
+@pytest.fixture(scope="module")
+def ray_exp(tmp_path_factory, ray_local) -> Path:
+    """A finished Ray Tune experiment (the glue_minilm smoke space, its OMP variant: one trial)."""
+    import yaml
+
+    from conftest import REPO
+
+    space = yaml.safe_load((REPO / "search_spaces/glue_minilm.yaml").read_text())
+    space["variants"] = [{"method": "omp"}]
+    root = tmp_path_factory.mktemp("ray")
+    (root / "one.yaml").write_text(yaml.safe_dump(space))
+    assert _run("run", root / "one.yaml", "--smoke", "--storage", root / "s") == 0
+    return root / "s" / "one-smoke"
+
+
+@contextlib.contextmanager
+def _small_disk(where: Path, mb: int):
+    where.mkdir(parents=True)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={mb}m", "tmpfs", str(where)],
+                      capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def _fill(d: Path) -> None:
+    """Fill the disk of ``d`` to the last byte."""
+    fd = os.open(d / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        for chunk in (1 << 16, 1):
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(fd, b"\0" * chunk)
+    finally:
+        os.close(fd)
+
+
+def _size(d: Path) -> int:
+    return sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
+
+
+def test_a_ray_resume_on_a_full_disk_names_enospc_and_keeps_tuner_pkl_whole(ray_exp, tmp_path, capsys):
+    """The tester's resume of a finished run on a full disk: exit 3, results kept, tuner.pkl whole (a real full
+    tmpfs; in this Ray version the restore does not rewrite tuner.pkl, FileGuard below covers a rewrite that is
+    cut short)."""
+    mb = _size(ray_exp) // (1 << 20) + 8
+    with _small_disk(tmp_path / "disk", mb) as disk:
+        exp = _copy(ray_exp, disk)
+        pkl = (exp / "tuner.pkl").read_bytes()
+        before = _bytes(exp)
+        _fill(disk)
+        rc = _run("resume", exp)
+        err = capsys.readouterr().err
+        assert rc == EXIT_INFRA, err
+        assert "ENOSPC" in err or "no space left on device" in err.lower()
+        assert (exp / "tuner.pkl").read_bytes() == pkl  # never replaced by an empty file
+        assert _bytes(exp) == before
+
+
+def test_a_damaged_tune_state_never_hides_the_finished_trials_of_a_ray_experiment(ray_exp, tmp_path, capsys):
+    """After a full disk: experiment_state cut short and no results written; then tuner.pkl empty."""
+    exp = _copy(ray_exp, tmp_path)
+    done = pd.read_parquet(exp / "results.parquet")
+    for f in ("results.parquet", "results.csv"):
+        (exp / f).unlink()
+    state = next(exp.glob("experiment_state-*.json"))
+    whole = state.read_bytes()
+    state.write_bytes(whole[: len(whole) // 2])
+    assert _run("resume", exp) == EXIT_INFRA
+    err = capsys.readouterr().err
+    assert "is cut short" in err and "1 trial directories (1 finished)" in err
+    got = pd.read_parquet(exp / "results.parquet")  # written from the trial's own directory
+    assert got["trial_id"].tolist() == done["trial_id"].tolist() and (got["status"] == "TERMINATED").all()
+    assert got["best_score"].tolist() == pytest.approx(done["best_score"].tolist())
+    # tuner.pkl empty, the trials' state whole: rebuilt from the space, and the resume goes on
+    state.write_bytes(whole)
+    (exp / "tuner.pkl").write_bytes(b"")
+    assert _run("resume", exp) == 0
+    assert "rebuilding it from the space" in capsys.readouterr().err
+    assert (exp / "tuner.pkl").stat().st_size > 0
+
+
+def test_a_file_guard_puts_back_a_tuner_pkl_cut_short_while_guarded(tmp_path):
+    from search.resume_checks import FileGuard
+
+    pkl = tmp_path / "tuner.pkl"
+    good = pickle.dumps({"param_space": {"store": "/s"}, "pad": "x" * 5000})
+    pkl.write_bytes(good)
+    with FileGuard(pkl):
+        pkl.write_bytes(b"")  # Tune's rewrite on a full disk: opened (truncated), nothing written
+    assert pkl.read_bytes() == good
+    with FileGuard(pkl):
+        pkl.write_bytes(good[:-10])  # cut short
+    assert pkl.read_bytes() == good
+    newer = pickle.dumps({"param_space": {"store": "/t"}})
+    with FileGuard(pkl):
+        pkl.write_bytes(newer)  # a whole new one is kept
+    assert pkl.read_bytes() == newer

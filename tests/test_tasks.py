@@ -211,7 +211,8 @@ def _write_mnli(root):
     (d / "dev_mismatched.tsv").write_text("\n".join(mism) + "\n")
 
 
-def test_mnli_layout_both_dev_sets(tmp_path):
+def test_mnli_layout_both_dev_sets(tmp_path, monkeypatch):
+    monkeypatch.setattr("sparsebert.glue_tsv.MAX_BAD_FRACTION", 1.0)  # 1 of 5 rows bad: the parse, not the limit
     _write_mnli(tmp_path)
     with pytest.warns(UserWarning, match=r"dropped 1 malformed row"):
         dd = load_task("mnli", tmp_path)
@@ -230,7 +231,8 @@ def test_mnli_layout_both_dev_sets(tmp_path):
     assert main_score("mnli", nested) == 0.8
 
 
-def test_qqp_layout(tmp_path):
+def test_qqp_layout(tmp_path, monkeypatch):
+    monkeypatch.setattr("sparsebert.glue_tsv.MAX_BAD_FRACTION", 1.0)  # 2 of 4 rows bad: the parse, not the limit
     d = tmp_path / "glue" / "QQP"
     d.mkdir(parents=True)
     rows = [

@@ -75,6 +75,7 @@ class TuneSession:
 
 
 PROGRESS, CHECKPOINT = "progress.jsonl", "checkpoint"
+OLD, TMP_PREFIX = CHECKPOINT + ".old", ".checkpoint-"
 
 
 class DirSession:
@@ -93,13 +94,9 @@ class DirSession:
 
     def report(self, row: dict[str, Any], checkpoint: Path | None = None) -> None:
         if checkpoint is not None:  # checkpoint first: a row on disk always has its state beside it
-            tmp = Path(tempfile.mkdtemp(dir=self.dir, prefix=".checkpoint-"))
+            tmp = Path(tempfile.mkdtemp(dir=self.dir, prefix=TMP_PREFIX))
             shutil.copytree(checkpoint, tmp, dirs_exist_ok=True)
-            old = self.dir / (CHECKPOINT + ".old")
-            if (self.dir / CHECKPOINT).exists():
-                os.replace(self.dir / CHECKPOINT, old)
-            os.replace(tmp, self.dir / CHECKPOINT)
-            shutil.rmtree(old, ignore_errors=True)
+            swap_checkpoint(self.dir, tmp)
         self.iteration += 1
         self.last = {**row, "training_iteration": self.iteration, "trial_id": self.trial_id,
                      "time_total_s": time.time() - self.t0, "timestamp": int(time.time())}
@@ -110,5 +107,40 @@ class DirSession:
 
     @contextlib.contextmanager
     def resume_dir(self) -> Iterator[Path | None]:
+        clean_trial_dir(self.dir)  # a kill between the two renames of a swap: the surviving copy is put back
         d = self.dir / CHECKPOINT
         yield d if d.is_dir() else None
+
+
+def swap_checkpoint(trial_dir: Path, new: Path) -> None:
+    """Make the whole directory ``new`` the trial's ``checkpoint/``, crash-safe: the current one is renamed to
+    ``checkpoint.old``, ``new`` renamed into place, then ``checkpoint.old`` removed. A kill at any point leaves
+    ``checkpoint/`` or ``checkpoint.old/`` whole (:func:`clean_trial_dir` puts the survivor back); a
+    ``checkpoint.old`` left by such a kill never blocks the next swap."""
+    cur, old = trial_dir / CHECKPOINT, trial_dir / OLD
+    if cur.is_dir():
+        if old.exists():  # a leftover beside a whole checkpoint: the checkpoint is newer
+            shutil.rmtree(old)
+        os.replace(cur, old)
+    # else: no checkpoint yet, or only checkpoint.old survived an earlier kill (kept until `new` is in place)
+    os.replace(new, cur)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def clean_trial_dir(trial_dir: Path) -> list[Path]:
+    """Repair what an interrupted :func:`swap_checkpoint` left in a trial dir: ``checkpoint.old`` alone becomes
+    ``checkpoint`` again (the last whole one), beside a ``checkpoint`` it is removed, and half-copied
+    ``.checkpoint-*`` temporary dirs are removed. Returns the paths removed (or restored)."""
+    trial_dir = Path(trial_dir)
+    out: list[Path] = []
+    cur, old = trial_dir / CHECKPOINT, trial_dir / OLD
+    if old.is_dir() and not old.is_symlink():
+        if cur.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(old, cur)
+        out.append(old)
+    for p in trial_dir.glob(TMP_PREFIX + "*"):
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+        out.append(p)
+    return out

@@ -32,7 +32,7 @@ def transfer_trainable(config: dict[str, Any], shared: SharedText | None = None,
                   seed=train_cfg.seed, runtime=rt)
     train_cfg.steps = ft.num_steps()
     extra = {"stage": "transfer", "task": ft_cfg.task, "total_steps": train_cfg.steps, "transfer_seed": train_cfg.seed, "ticket_made": int(made),
-             "find_s": find_s, "startup_s": time.perf_counter() - t0,
+             "find_s": find_s, "startup_s": time.perf_counter() - t0, "data_bad_rows": ft.bad_rows,
              **ticket_columns(spec, store.path(spec), ticket.meta.metrics, rt)}
     from sparsebert.training import train
 

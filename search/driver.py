@@ -1,0 +1,76 @@
+"""One experiment, one driver: the lock a ``run`` or ``resume`` holds on its experiment directory for its whole
+life (both executors), and the clean-up of what a crashed driver or trial left behind, done at the next start.
+No Ray imported here.
+
+* :func:`driver_lock`: ``<exp>/.driver.lock`` (a ``flock``, released by the kernel when the driver dies, SIGKILL
+  included), its holder (pid, host, since when) in ``.driver.lock.holder``. A second driver is refused with
+  :class:`DriverBusy` naming the holder (the commands exit 2): two drivers on one directory would train the same
+  trial twice in it.
+* :func:`clean_leftovers`: temporary files of an interrupted results write in the experiment, a local trial's
+  half-made checkpoint, and the store's stale temporary ticket directories (:meth:`TicketStore.clean_leftovers`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from pathlib import Path
+from typing import Callable, Iterator
+
+from sparsebert.fsutil import file_lock, read_note
+
+DRIVER_LOCK = ".driver.lock"
+LOCK_FILES = (DRIVER_LOCK, DRIVER_LOCK + ".holder")
+
+
+class DriverBusy(RuntimeError):
+    """Another driver holds the experiment (the message names its pid and host)."""
+
+
+@contextlib.contextmanager
+def driver_lock(exp_dir: Path) -> Iterator[None]:
+    """Hold ``exp_dir``'s driver lock for the body; :class:`DriverBusy` (one line) if another driver holds it."""
+    lock = Path(exp_dir) / DRIVER_LOCK
+    with file_lock(lock, wait=False) as held:
+        if not held:
+            holder = read_note(lock.with_name(lock.name + ".holder")) or "holder unknown"
+            raise DriverBusy(f"{exp_dir} is in use by another driver ({holder}): two drivers would train the same "
+                             f"trials twice in it; wait for it to end (or stop that process) and run this again")
+        yield
+
+
+def experiment_files(exp_dir: Path) -> list[Path]:
+    """What is in ``exp_dir`` besides the driver lock files."""
+    return [p for p in Path(exp_dir).iterdir() if p.name not in LOCK_FILES]
+
+
+def clear_experiment(exp_dir: Path) -> None:
+    """Remove everything in ``exp_dir`` but the driver lock (``run --overwrite``, holding the lock)."""
+    for p in experiment_files(exp_dir):
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+
+
+def clean_leftovers(exp_dir: Path, store_root: Path | None, log: Callable[[str], None] = print) -> list[Path]:
+    """Remove what an interrupted driver or trial left (call it holding the driver lock): ``.results*.tmp`` files
+    in the experiment, ``.checkpoint-*`` temporary dirs and a ``checkpoint.old`` beside a whole ``checkpoint`` in
+    its trial dirs, and the store's stale temporary ticket dirs. Returns what was removed (each said in ``log``)."""
+    removed: list[Path] = []
+    exp_dir = Path(exp_dir)
+    if exp_dir.is_dir():
+        for p in exp_dir.glob(".results*.tmp"):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+        for d in (p for p in exp_dir.iterdir() if p.is_dir() and not p.is_symlink()):
+            from trainables.session import clean_trial_dir
+
+            removed += clean_trial_dir(d)
+    if store_root is not None and Path(store_root).is_dir():
+        from sparsebert.pipeline import TicketStore
+
+        removed += TicketStore(store_root).clean_leftovers()
+    for p in removed:
+        log(f"note: removed {p}, left by an interrupted run")
+    return removed
