@@ -235,7 +235,17 @@ class FineTune:
 
     # ---- Recipe protocol ----------------------------------------------------------------------------------------
     def parameters(self):
-        return list(self.model.parameters())
+        if self.grad_mask is None:
+            return list(self.model.parameters())
+        # baked: in the parametrized model's order (a masked module lists its weight after its other parameters),
+        # so an optimizer state written by either path loads into the other
+        masked = {id(p) for p in self.grad_mask.params}
+        out: dict[int, torch.nn.Parameter] = {}
+        for mod in self.model.modules():
+            own = [p for p in mod._parameters.values() if p is not None]
+            for p in sorted(own, key=lambda p: id(p) in masked):
+                out.setdefault(id(p), p)
+        return list(out.values())
 
     def models(self):
         return [self.model]
