@@ -216,6 +216,10 @@ class FineTune:
                 )
         finally:
             hf_logging.set_verbosity(verbosity)
+        if self.spec.kind != "span" and self.model.config.problem_type is None:
+            # what HF's forward sets on its first call (a compiled step would otherwise compile its first shape twice)
+            self.model.config.problem_type = ("regression" if self.spec.num_labels == 1
+                                              else "single_label_classification")
         self.model.to(runtime.device)
         self.grad_mask: GradMask | None = None
         if ticket is not None and cfg.mask_mode is MaskMode.PARAMETRIZED:
