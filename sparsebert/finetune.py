@@ -21,7 +21,6 @@ from typing import Any
 
 import torch
 from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification
-from datasets.utils import logging as datasets_logging
 from transformers import logging as hf_logging
 
 from . import squad
@@ -194,6 +193,8 @@ class FineTune:
             max_eval_examples=cfg.max_eval_examples,
         )
         self.raw = raw
+        from datasets.utils import logging as datasets_logging  # here: the module imports without `datasets`
+
         datasets_logging.disable_progress_bar()
         tok = tokenize_task(self.spec, raw, tokenizer, max_length=cfg.max_length, stride=cfg.stride,
                             stride_mode=cfg.stride_mode)
