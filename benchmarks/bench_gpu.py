@@ -8,10 +8,24 @@
 3. Packing: N fine-tuning processes sharing the device vs 1 (aggregate steps/s), as ``resources: {gpu: 1/N}`` runs
    them.
 
-Without a CUDA device it runs the same table on the CPU with a small model and short batches, and says so.
+4. (issue 23) ``steps``: the project's fine-tuning step on a MiniLM-shaped model (random weights, 0.5 ticket baked),
+   eager vs compiled (``torch.compile``, CUDA graphs), at a fixed 32 x 128 and on lengths like a GLUE task's
+   (dynamic padding vs static shapes: widths multiples of 32, full batches).
+5. (issue 23) ``padding``: the dynamic-padding experiment (eager). Hypothesis: a step over a new batch shape costs
+   host work that a repeated shape does not (the caching allocator's new block sizes -> cudaMalloc, pinned host
+   blocks of new sizes -> cudaHostAlloc, and HF's SDPA padding-mask check, a host sync per step when the mask has
+   padding), so many shapes (one per distinct longest row) make a launch-bound step slower although it computes
+   less. The part times fixed 32 x 128 / fixed 32 x 128 with a padding mask / dynamic / static widths and counts,
+   per step, the CUDA runtime calls (cudaMalloc, cudaFree, cudaHostAlloc, synchronizations, copies) and kernels.
+   Static shapes fix it if the dynamic run's extra calls and time vanish in the static run.
+
+Without a CUDA device it runs the same table on the CPU with a small model and short batches, and says so. Needs
+torch and transformers only (no Ray, no ``datasets``: parts 2-3 are skipped without them, parts 1, 4, 5 use random
+weights and a stand-in BERT vocabulary when the embedded tokenizer is not there).
 
     python benchmarks/bench_gpu.py [--device auto] [--steps 15] [--warmup 3] [--packed 4] [--seconds 30]
-           [--tokenizer embedded-minilm] [--minilm embedded-minilm] [--only pretrain,finetune,packed]
+           [--tokenizer embedded-minilm] [--minilm embedded-minilm] [--only pretrain,finetune,packed,steps,padding]
+           [--no-compile] [--out FILE.md] [--json FILE.json]
 """
 
 from __future__ import annotations
@@ -31,9 +45,10 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from readme_section import Recorder  # noqa: E402
+from gpu_steps import MINILM, bench_padding, bench_steps, stand_in_tokenizer  # noqa: E402
 
 from sparsebert.models import PretrainingModel, load_tokenizer  # noqa: E402
-from sparsebert.batching import mlm_batch, step_generator  # noqa: E402
+from sparsebert.batching import mlm_batch, mlm_positions_cap, step_generator  # noqa: E402
 from sparsebert.objectives import ObjectiveConfig, mlm_loss_at  # noqa: E402
 from sparsebert.runtime import Runtime, RuntimeConfig, resolve as resolve_runtime  # noqa: E402
 from sparsebert.tamt import TAMT, TAMTConfig  # noqa: E402
@@ -61,6 +76,7 @@ class DenseMLM:
         self.model, self.tok, self.blocks, self.bs, self.runtime = model.to(runtime.device), tok, blocks, batch_size, runtime
         for p in model.parameters():
             p.requires_grad_(True)
+        self.step_model = runtime.compiled(self.model)
 
     def parameters(self):
         return list(dict.fromkeys(self.model.parameters()))
@@ -75,11 +91,14 @@ class DenseMLM:
         step = start
         while True:
             i = (step * self.bs) % (len(self.blocks) - self.bs + 1)
-            yield mlm_batch(self.blocks[i:i + self.bs], self.tok, step_generator(0, step))
+            ids = self.blocks[i:i + self.bs]
+            cap = mlm_positions_cap(*ids.shape) if self.runtime.static_shapes else 0
+            yield mlm_batch(ids, self.tok, step_generator(0, step), positions_to=cap)
             step += 1
 
     def loss(self, b, step):
-        out = self.model(b["input_ids"])
+        self.runtime.mark_step()
+        out = self.step_model(b["input_ids"])
         return mlm_loss_at(self.model, out.last_hidden_state, b["positions"], b["targets"]), {}
 
     def after_step(self, step):
@@ -110,7 +129,7 @@ def time_method(method, rt: Runtime, steps: int, warmup: int) -> float:
 
 
 def bench_pretrain(args, device: torch.device, shape: dict, batch: int, seq: int) -> list[dict]:
-    tok = load_tokenizer(args.tokenizer)
+    tok = stand_in_tokenizer(args.tokenizer)
     g = torch.Generator().manual_seed(0)
     blocks = torch.randint(1000, 30000, (batch * 4, seq), generator=g)
     blocks[:, 0], blocks[:, -1] = tok.cls_token_id, tok.sep_token_id
@@ -129,7 +148,25 @@ def bench_pretrain(args, device: torch.device, shape: dict, batch: int, seq: int
             del m
             if device.type == "cuda":
                 torch.cuda.empty_cache()
+        if precision == "bf16" and not args.no_compile:  # issue 23: compiled steps (static MLM position count)
+            crt = Runtime(device, torch.bfloat16, compile=True)
+            for label, make in (("dense MLM", lambda: DenseMLM(random_bert(shape), tok, blocks, batch, crt)),
+                                ("TAMT-MLM", lambda: _tamt(shape, "mlm", batch, tok, blocks, crt)),
+                                ("TAMT-KD", lambda: _tamt(shape, "kd", batch, tok, blocks, crt))):
+                row = {"precision": "bf16 compiled", "step": label}
+                try:
+                    row["ms"] = time_method(make(), crt, args.steps, args.warmup + 5)
+                    row["ratio"] = row["ms"] / dense
+                except Exception as e:  # noqa: BLE001  (reported; the other variants still run)
+                    row["error"] = f"{type(e).__name__}: {e}"[:300]
+                rows.append(row)
+                torch._dynamo.reset()
     return rows
+
+
+def _tamt(shape, obj, batch, tok, blocks, rt):
+    cfg = TAMTConfig(sparsity=0.7, objective=ObjectiveConfig(objective=obj), batch_size=batch, eval_blocks=1)
+    return TAMT(random_bert(shape), cfg, tok, blocks, blocks[:1], "bench", runtime=rt)
 
 
 def finetune_worker(args) -> dict:
@@ -196,7 +233,10 @@ def main() -> None:
     ap.add_argument("--minilm", default="embedded-minilm", help="the MiniLM to fine-tune (name or local dir)")
     ap.add_argument("--ft-batch", type=int, default=32)
     ap.add_argument("--ft-seq", type=int, default=128)
-    ap.add_argument("--only", default="pretrain,finetune,packed")
+    ap.add_argument("--only", default="pretrain,finetune,packed,steps,padding")
+    ap.add_argument("--no-compile", action="store_true", help="skip the compiled variants")
+    ap.add_argument("--ft-steps", type=int, default=200, help="timed steps per variant of parts steps/padding")
+    ap.add_argument("--json", default=None, help="also write every part's numbers here (rewritten after each)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--out", default=None, help="also write the table to this file (for readme_section.py)")
     args = ap.parse_args()
@@ -217,11 +257,47 @@ def main() -> None:
         rec(f"device: {rt.describe()} -- NO CUDA DEVICE: a small model ({shape['num_hidden_layers']} layers, hidden "
               f"{shape['hidden_size']}) at {batch} x {seq}, one thread; the targets are GPU figures")
     parts = args.only.split(",")
+    result: dict = {"device": rt.describe(), "argv": sys.argv[1:]}
+    try:
+        import datasets  # noqa: F401  (parts finetune/packed tokenize the polarity task with it)
+        load_tokenizer(args.minilm)
+    except Exception as e:  # noqa: BLE001
+        skipped = [p for p in ("finetune", "packed") if p in parts]
+        if skipped:
+            rec(f"skipped {', '.join(skipped)}: {type(e).__name__}: {e} (they need datasets and the embedded MiniLM)")
+        parts = [p for p in parts if p not in skipped]
+    ft_shape, ft_batch, ft_seq = (MINILM, args.ft_batch, args.ft_seq) if gpu else (CPU_SHAPE, 8, 64)
+    if "steps" in parts:
+        rows_ = bench_steps(args, rt, ft_batch, ft_seq, ft_shape)
+        rec(f"\nfine-tuning steps ({rt.describe()}, MiniLM shape, random weights, baked 0.5 ticket, "
+            f"{ft_batch} x {ft_seq}):")
+        for r in rows_:
+            rec(f"  {r['variant']:<20}{'compiled' if r['compiled'] else 'eager':<10}" +
+                (f"{r['steps_per_s']:>8.1f} steps/s (warm-up {r['warmup_s']:.0f} s)" if "error" not in r
+                 else f"failed: {r['error']}"))
+        rec("targets: >= 300 steps/s compiled, >= 100 eager at 32 x 128 bf16; GLUE-like lengths at least as fast")
+        result["steps"] = rows_
+        write_json(args.json, result)
+        rec.write(args.out, rt.describe())
+    if "padding" in parts:
+        rows_ = bench_padding(args, rt, ft_batch, ft_seq, ft_shape)
+        rec(f"\ndynamic-padding experiment (eager; CUDA runtime calls per step):")
+        for r in rows_:
+            rec(f"  {r['variant']:<22}" + (f"{r['steps_per_s']:>8.1f} steps/s  {r['shapes']:>3} shapes  "
+                                           f"{r['per_step']}" if "error" not in r else f"failed: {r['error']}"))
+        result["padding"] = rows_
+        write_json(args.json, result)
+        rec.write(args.out, rt.describe())
     if "pretrain" in parts:
         rows = bench_pretrain(args, rt.device, shape, batch, seq)
         rec(f"\n{'precision':<10}{'step':<14}{'ms/step':>10}{'x dense':>10}")
         for r in rows:
-            rec(f"{r['precision']:<10}{r['step']:<14}{r['ms']:>10.1f}{r['ratio']:>10.2f}")
+            if "error" in r:
+                rec(f"{r['precision']:<10}{r['step']:<14}  failed: {r['error']}")
+            else:
+                rec(f"{r['precision']:<10}{r['step']:<14}{r['ms']:>10.1f}{r['ratio']:>10.2f}")
+        result["pretrain"] = rows
+        write_json(args.json, result)
         rec("targets (bf16, BERT-base, 16 x 512): TAMT-KD <= 1.30x dense, TAMT-MLM <= 1.15x")
         rec.write(args.out, rt.describe())  # after each part: a run cut short keeps what it measured
     if "finetune" in parts:
@@ -230,6 +306,8 @@ def main() -> None:
               f"{args.ft_batch} x {args.ft_seq}; {out['polarity_steps_per_s']:.1f} steps/s on polarity with "
               f"length-bucketed dynamic padding ({100 * out['polarity_padding']:.1f} % padding)")
         rec("target: >= 100 steps/s at 32 x 128 bf16 on an H100-class GPU")
+        result["finetune"] = out
+        write_json(args.json, result)
         rec.write(args.out, rt.describe())
     if "packed" in parts:
         n = args.packed if gpu else 2
@@ -237,7 +315,17 @@ def main() -> None:
         rec(f"\npacking: {n} processes {p['packed']:.1f} steps/s aggregate vs 1 process {p['one']:.1f}: "
               f"{p['ratio']:.2f}x" + ("" if gpu else " (CPU: one thread each, as many processes as cores)"))
         rec("target: 4 packed trials >= 2.5x one (GPU)")
+        result["packed"] = p
+        write_json(args.json, result)
     rec.write(args.out, rt.describe())
+
+
+def write_json(path: str | None, result: dict) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(str(path) + ".tmp")
+        tmp.write_text(json.dumps(result, indent=1, default=str))
+        os.replace(tmp, path)
 
 
 if __name__ == "__main__":

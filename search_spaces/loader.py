@@ -15,6 +15,7 @@ A space file (see ``demo.yaml``) has these top-level keys, and each is consumed 
     resources         cpu, gpu per trial (gpu 0.25 packs 4 trials on a GPU)    search/tuner.py (trial_resources)
     device            auto | cpu | cuda | cuda:N | mps                          sparsebert/runtime.py (RuntimeConfig)
     precision         auto | fp32 | bf16 | fp16                                sparsebert/runtime.py (RuntimeConfig)
+    compile           auto (CUDA only) | true | false: torch.compile the step  sparsebert/runtime.py (RuntimeConfig)
     checkpoint_every  checkpoint every N reports (default 1)                   trainables/common.py (reporter)
     preset            reference: every knob as the reference's code runs it    search_spaces/presets.py
     proxy             the proxy-guided two-stage search's rule                 sparsebert/proxy.py, search/proxy_search.py
@@ -46,7 +47,8 @@ from .space import (DIMENSIONS, Space, SpaceError, _check_dim, _err, _expand, _i
 
 SPACES_DIR = Path(__file__).resolve().parent
 TOP_KEYS = {"description", "stage", "model", "ticket", "variants", "transfer", "eval", "tune", "resources",
-            "checkpoint_every", "debug", "proxy", "device", "precision", "preset"}
+            "checkpoint_every", "debug", "proxy", "device", "precision", "compile",
+            "preset"}
 STAGES = ("find", "transfer", "evaluate")
 SCHEDULERS = ("fifo", "asha", "pbt")
 SEARCHERS = ("grid", "random", "optuna")
@@ -168,7 +170,8 @@ def validate(path: Path, raw: dict[str, Any]) -> Space:
     from sparsebert.runtime import RuntimeConfig
 
     try:
-        runtime = RuntimeConfig(device=raw.get("device", "auto"), precision=raw.get("precision", "auto")).as_dict()
+        runtime = RuntimeConfig(device=raw.get("device", "auto"), precision=raw.get("precision", "auto"),
+                                compile=raw.get("compile", "auto")).as_dict()
     except ValueError as e:
         key = str(e).split(":", 1)[0]
         raise _err(path, key, str(e).split(":", 1)[1].strip()) from None

@@ -29,7 +29,7 @@ class Space:
     tune: dict[str, Any]
     resources: dict[str, float]
     checkpoint_every: int = 1
-    runtime: dict[str, str] = field(default_factory=lambda: {"device": "auto", "precision": "auto"})
+    runtime: dict[str, str] = field(default_factory=lambda: {"device": "auto", "precision": "auto", "compile": "auto"})
     notes: list[str] = field(default_factory=list)
 
     @property

@@ -6,6 +6,7 @@ resumed run sees exactly the batches an uninterrupted one would.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, Iterator, Sequence
 
@@ -93,32 +94,63 @@ def special_tokens_mask(input_ids: torch.Tensor, tokenizer) -> torch.Tensor:
     return torch.isin(input_ids, special)
 
 
+class MLMMasker:
+    """The MLM masking of batches, built once per run: one :func:`mlm_collator` and one tensor of the special
+    token ids (not one of each per batch)."""
+
+    def __init__(self, tokenizer, mlm_probability: float = 0.15):
+        self.collator = mlm_collator(tokenizer, mlm_probability)
+        self.special = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
+
+    def __call__(self, input_ids: torch.Tensor, generator: torch.Generator | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        device = input_ids.device
+        ids = input_ids.detach().to("cpu", dtype=torch.long).clone()
+        self.collator.generator = generator  # torch_mask_tokens draws every random number from self.generator
+        masked, labels = self.collator.torch_mask_tokens(ids, special_tokens_mask=torch.isin(ids, self.special))
+        return masked.to(device), labels.to(device)
+
+
 def mask_tokens(input_ids: torch.Tensor, tokenizer, generator: torch.Generator | None = None,
-                seed: int | None = None, mlm_probability: float = 0.15) -> tuple[torch.Tensor, torch.Tensor]:
+                seed: int | None = None, mlm_probability: float = 0.15, masker: MLMMasker | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
     """MLM-mask a batch: ``(masked input_ids, labels)`` with labels -100 where not masked.
 
     The same rule and code as :func:`mlm_collator` (it runs the collator's ``torch_mask_tokens`` with the given
     generator), deterministic given ``generator`` (advanced in place) or ``seed`` (a fresh generator); neither:
-    torch's global RNG. Special tokens and padding are never masked. ``input_ids`` is not modified.
+    torch's global RNG. Special tokens and padding are never masked. ``input_ids`` is not modified. ``masker``:
+    a run's :class:`MLMMasker` (else one is built for this call).
     """
     if generator is not None and seed is not None:
         raise ValueError("pass generator or seed, not both")
     if seed is not None:
         generator = torch.Generator().manual_seed(int(seed))
-    device = input_ids.device
-    ids = input_ids.detach().to("cpu", dtype=torch.long).clone()
-    collator = mlm_collator(tokenizer, mlm_probability)
-    collator.generator = generator  # torch_mask_tokens draws every random number from self.generator
-    masked, labels = collator.torch_mask_tokens(ids, special_tokens_mask=special_tokens_mask(ids, tokenizer))
-    return masked.to(device), labels.to(device)
+    return (masker or MLMMasker(tokenizer, mlm_probability))(input_ids, generator)
 
 
-def mlm_batch(ids: torch.Tensor, tokenizer, generator: torch.Generator, mlm_probability: float = 0.15
-              ) -> dict[str, torch.Tensor]:
+def mlm_positions_cap(rows: int, width: int, mlm_probability: float = 0.15, multiple: int = 64) -> int:
+    """The fixed count of MLM positions of a static-shape batch of ``rows`` x ``width`` tokens: the mean masked
+    count plus 6 standard deviations (binomial), rounded up to ``multiple``, at most ``rows * width``. A batch
+    with more masked tokens (odds below 1e-9) rounds its own count up to ``multiple``: a rare extra shape."""
+    n, p = rows * width, mlm_probability
+    cap = n * p + 6 * math.sqrt(n * p * (1 - p))
+    return min(n, -(-int(math.ceil(cap)) // multiple) * multiple)
+
+
+def mlm_batch(ids: torch.Tensor, tokenizer, generator: torch.Generator, mlm_probability: float = 0.15,
+              masker: MLMMasker | None = None, positions_to: int = 0) -> dict[str, torch.Tensor]:
     """A CPU batch for an MLM step: masked ``input_ids`` plus the flat ``positions`` and ``targets`` of the
-    masked tokens (the standard 15 % / 80-10-10 rule, drawn from ``generator``)."""
-    masked, labels = mask_tokens(ids, tokenizer, generator=generator, mlm_probability=mlm_probability)
+    masked tokens (the standard 15 % / 80-10-10 rule, drawn from ``generator``). ``positions_to`` > 0 (static
+    shapes): positions padded to that count (or the next multiple of 64 above the masked count) with position 0
+    and target -100, which the loss ignores (the same mean)."""
+    masked, labels = mask_tokens(ids, tokenizer, generator=generator, mlm_probability=mlm_probability,
+                                 masker=masker)
     positions, targets = mlm_targets(labels)
+    if positions_to > 0:
+        count = positions_to if len(positions) <= positions_to else -(-len(positions) // 64) * 64
+        pad = count - len(positions)
+        positions = torch.cat([positions, positions.new_zeros(pad)])
+        targets = torch.cat([targets, targets.new_full((pad,), -100)])
     return {"input_ids": masked, "positions": positions, "targets": targets}
 
 
@@ -128,13 +160,16 @@ def step_generator(seed: int, step: int) -> torch.Generator:
 
 
 def pretraining_batches(blocks, batch_size: int, seed: int, start_step: int = 0, tokenizer=None,
-                        mlm_probability: float = 0.15) -> Iterator[dict[str, torch.Tensor]]:
+                        mlm_probability: float = 0.15, static_positions: bool = False
+                        ) -> Iterator[dict[str, torch.Tensor]]:
     """The CPU batches of TAMT, IMP and MLM-head fitting: block slices (:func:`iterate_batches`), MLM-masked with
     the step's own generator when a ``tokenizer`` is given (``{"input_ids"}`` alone otherwise).
 
     Padded KD paragraphs (a :class:`~sparsebert.kd_data.PaddedSequences` or dict of tensors) give batches with the same
     keys plus the data's own: ``attention_mask`` (Long [B, L], 1 = real token) and, for the reference's A/B pairs,
-    ``token_type_ids`` (Long [B, L]); MLM masking never touches padding."""
+    ``token_type_ids`` (Long [B, L]); MLM masking never touches padding. ``static_positions``: the masked positions
+    of every batch padded to one count (:func:`mlm_positions_cap`), so the MLM loss has a static shape."""
+    masker = MLMMasker(tokenizer, mlm_probability) if tokenizer is not None else None
     for step, ids in iterate_batches(blocks, batch_size, seed, start_step):
         extra = {}
         if isinstance(ids, dict):
@@ -143,5 +178,6 @@ def pretraining_batches(blocks, batch_size: int, seed: int, start_step: int = 0,
         if tokenizer is None:
             yield {"input_ids": ids, **extra}
         else:
-            yield {**mlm_batch(ids, tokenizer, step_generator(seed, step), mlm_probability), **extra}
+            cap = mlm_positions_cap(*ids.shape, mlm_probability) if static_positions else 0
+            yield {**mlm_batch(ids, tokenizer, step_generator(seed, step), mlm_probability, masker, cap), **extra}
 

@@ -79,18 +79,19 @@ def evaluate_mlm(
     ``reduction``: ``"token"`` (ours: every masked token weighs the same) or ``"batch_mean"`` (the reference's
     Trainer: the mean over batches of each batch's mean loss; batches without a masked token are skipped).
     :data:`REFERENCE_MLM_EVAL` holds the reference's settings."""
-    from .batching import mask_tokens
+    from .batching import MLMMasker, mask_tokens
 
     if reduction not in MLM_REDUCTIONS:
         raise ValueError(f"reduction must be one of {MLM_REDUCTIONS}, got {reduction!r}")
     g = torch.Generator().manual_seed(seed)
     total, count, t0 = torch.zeros((), device=runtime.device, dtype=torch.float64), 0, time.perf_counter()
     n_batches = 0
+    masker = MLMMasker(tokenizer, mlm_probability)  # one collator and special-token tensor for every chunk
     with eval_mode(model):
         batches = []
         for chunk in _chunks(blocks, batch_size):
             ids, extra = _split(chunk)
-            ids, labels = mask_tokens(ids, tokenizer, generator=g, mlm_probability=mlm_probability)
+            ids, labels = mask_tokens(ids, tokenizer, generator=g, masker=masker)
             positions, targets = mlm_targets(labels)
             count += len(targets)
             if reduction == "batch_mean" and len(targets) == 0:

@@ -1,9 +1,12 @@
 """Downstream transfer: fine-tune a model with a ticket's mask fixed (SPEC.md "Downstream transfer"), as a
 :class:`~sparsebert.training.Recipe` of the one training loop.
 
-The ticket is applied through the one mask mechanism with the pruned entries of the stored weights zeroed, so
-pruned weights are exactly zero before and after every optimizer step (their gradient is masked to zero; AdamW's
-update of a zero-gradient, zero-valued entry is zero); surviving weights start from the pre-trained values. A
+The ticket is baked into the weights (``mask_mode: baked``, :func:`~sparsebert.masking.bake_ticket`): pruned entries
+of the stored weights are zeroed and their gradients zeroed after every backward (one batched multiply), so pruned
+weights are exactly zero before and after every optimizer step (AdamW's update of a zero-gradient, zero-valued entry
+is zero, decoupled weight decay included) and the model is a plain one (nothing per step in the forward; what
+``torch.compile`` handles best). ``mask_mode: parametrized`` is the earlier path (the one mask mechanism's
+parametrizations; the same losses). Surviving weights start from the pre-trained values. A
 dense run is the same code with no ticket. The best dev score over evaluations is tracked (the reference reports
 the best dev score).
 """
@@ -11,21 +14,21 @@ the best dev score).
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification
-from datasets.utils import logging as datasets_logging
 from transformers import logging as hf_logging
 
 from . import squad
-from .masking import apply_masks
+from .masking import GradMask, apply_masks, bake_ticket, unparametrized_state
 from .metrics import squad_metrics
 from .models import TRUST_REMOTE_CODE, resolve
 from .runtime import CPU, Runtime, prefetch, to_cpu
-from .task_tensors import TaskTensors, eval_order, train_batches
+from .task_tensors import TaskTensors, eval_batches, eval_order, train_batches
 from .task_data import load_task
 from .task_tokenize import tokenize_task
 from .tasks import TaskSpec, compute_task_metrics, get_task, main_score
@@ -63,6 +66,17 @@ def selection_score(task: str | TaskSpec, per_split: dict[str, dict[str, float]]
     return main_score(spec, per_split)
 
 
+class MaskMode(str, enum.Enum):
+    BAKED = "baked"
+    PARAMETRIZED = "parametrized"
+
+
+class StaticShapes(str, enum.Enum):
+    AUTO = "auto"
+    TRUE = "true"
+    FALSE = "false"
+
+
 @dataclass
 class FinetuneConfig:
     """Downstream task and data knobs (optimisation knobs live in TrainConfig)."""
@@ -92,6 +106,14 @@ class FinetuneConfig:
     length_buckets: int = field(default=50, metadata={"help": (
         "dynamic padding with length bucketing: each chunk of batch_size x N shuffled rows is sorted by length "
         "before it is cut into batches (less padding, same epoch); 1 = plain shuffled batches")})
+    mask_mode: MaskMode = field(default=MaskMode.BAKED, metadata={"help": (
+        "baked: the ticket's zeros in the weights, pruned gradients zeroed after backward (a plain model) | "
+        "parametrized: torch parametrizations (the earlier path; the same losses)")})
+    static_shapes: StaticShapes = field(default=StaticShapes.AUTO, metadata={"help": (
+        "a few batch shapes: widths rounded up to pad_multiple, the last partial batch of an epoch filled up with "
+        "rows from the epoch's start, eval batches padded (outputs discarded) | auto: where the runtime compiles "
+        "or runs on CUDA")})
+    pad_multiple: int = field(default=32, metadata={"help": "static shapes: batch widths are multiples of this"})
 
     def __post_init__(self) -> None:
         get_task(self.task)  # unknown task -> ValueError listing the valid names
@@ -101,6 +123,16 @@ class FinetuneConfig:
             raise ValueError(f"select_split must be one of {tuple(SELECT_SPLITS)}, got {self.select_split!r}")
         if not isinstance(self.length_buckets, int) or self.length_buckets < 1:
             raise ValueError(f"length_buckets must be an integer >= 1, got {self.length_buckets!r}")
+        if self.mask_mode not in [m.value for m in MaskMode]:
+            raise ValueError(f"mask_mode must be one of {[m.value for m in MaskMode]}, got {self.mask_mode!r}")
+        self.mask_mode = MaskMode(self.mask_mode)
+        if isinstance(self.static_shapes, bool):
+            self.static_shapes = "true" if self.static_shapes else "false"
+        if self.static_shapes not in [m.value for m in StaticShapes]:
+            raise ValueError(f"static_shapes must be auto, true or false, got {self.static_shapes!r}")
+        self.static_shapes = StaticShapes(self.static_shapes)
+        if isinstance(self.pad_multiple, bool) or not isinstance(self.pad_multiple, int) or self.pad_multiple < 1:
+            raise ValueError(f"pad_multiple must be an integer >= 1, got {self.pad_multiple!r}")
 
 
 #: keys of a space's ``transfer`` section that are TrainConfig fields (the rest are FinetuneConfig's)
@@ -166,6 +198,8 @@ class FineTune:
         self.raw = raw
         #: malformed rows dropped from the task's files (wrong column count, unknown label), all splits
         self.bad_rows = int(sum((getattr(raw, "bad_rows", None) or {}).values()))
+        from datasets.utils import logging as datasets_logging  # here: the module imports without `datasets`
+
         datasets_logging.disable_progress_bar()
         tok = tokenize_task(self.spec, raw, tokenizer, max_length=cfg.max_length, stride=cfg.stride,
                             stride_mode=cfg.stride_mode)
@@ -189,9 +223,20 @@ class FineTune:
                 )
         finally:
             hf_logging.set_verbosity(verbosity)
-        if ticket is not None:
-            apply_masks(self.model, ticket, zero_pruned=True)
+        if self.spec.kind != "span" and self.model.config.problem_type is None:
+            # what HF's forward sets on its first call (a compiled step would otherwise compile its first shape twice)
+            self.model.config.problem_type = ("regression" if self.spec.num_labels == 1
+                                              else "single_label_classification")
         self.model.to(runtime.device)
+        self.grad_mask: GradMask | None = None
+        if ticket is not None and cfg.mask_mode is MaskMode.PARAMETRIZED:
+            apply_masks(self.model, ticket, zero_pruned=True)
+        elif ticket is not None:
+            self.grad_mask = GradMask(bake_ticket(self.model, ticket))
+        static = cfg.static_shapes
+        self.static = static is StaticShapes.TRUE or (static is StaticShapes.AUTO and runtime.static_shapes)
+        self.multiple = cfg.pad_multiple if self.static else 0
+        self.step_model = runtime.compiled(self.model)  # the model itself unless the runtime compiles
         self.best: dict[str, Any] = {"best_score": -math.inf, "best_step": 0}
 
     def num_steps(self) -> int:
@@ -201,7 +246,17 @@ class FineTune:
 
     # ---- Recipe protocol ----------------------------------------------------------------------------------------
     def parameters(self):
-        return list(self.model.parameters())
+        if self.grad_mask is None:
+            return list(self.model.parameters())
+        # baked: in the parametrized model's order (a masked module lists its weight after its other parameters),
+        # so an optimizer state written by either path loads into the other
+        masked = {id(p) for p in self.grad_mask.params}
+        out: dict[int, torch.nn.Parameter] = {}
+        for mod in self.model.modules():
+            own = [p for p in mod._parameters.values() if p is not None]
+            for p in sorted(own, key=lambda p: id(p) in masked):
+                out.setdefault(id(p), p)
+        return list(out.values())
 
     def models(self):
         return [self.model]
@@ -210,10 +265,17 @@ class FineTune:
         return None
 
     def batches(self, start_step: int):
-        yield from train_batches(self.train_t, self.cfg.batch_size, self.seed, start_step, self.cfg.length_buckets)
+        yield from train_batches(self.train_t, self.cfg.batch_size, self.seed, start_step, self.cfg.length_buckets,
+                                 multiple=self.multiple, fill_last=self.static)
 
     def loss(self, batch, step):
-        return self.model(**batch).loss, {}
+        self.runtime.mark_step()
+        return self.step_model(**batch).loss, {}
+
+    def after_backward(self):
+        """The baked ticket's pruned gradients zeroed (one batched multiply); nothing for a dense run."""
+        if self.grad_mask is not None:
+            self.grad_mask()
 
     def after_step(self, step):
         return False
@@ -226,11 +288,13 @@ class FineTune:
         self.model.eval()
         order = eval_order(data.lengths, self.cfg.eval_batch_size)
         outs = []
-        for b in prefetch((data.batch(i, with_targets=False) for i in order), rt):
+        batches = eval_batches(data, order, self.cfg.eval_batch_size, self.multiple)
+        for idx, b in zip(order, prefetch(batches, rt)):
             with rt.autocast():
                 out = self.model(**b)
-            outs.append((out.start_logits.float(), out.end_logits.float()) if self.spec.kind == "span"
-                        else out.logits.float())
+            n = len(idx)  # rows past it pad a static-shape batch
+            outs.append((out.start_logits[:n].float(), out.end_logits[:n].float()) if self.spec.kind == "span"
+                        else out.logits[:n].float())
         if self.spec.kind == "span":  # rows back in order; positions past a row's batch width are padding anyway
             start, end = [None] * len(data), [None] * len(data)
             for idx, (s, e) in zip(order, outs):
@@ -271,5 +335,8 @@ class FineTune:
         return {"model": to_cpu(self.model.state_dict()), "best": dict(self.best)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
+        model_state = state["model"]
+        if self.cfg.mask_mode is MaskMode.BAKED:  # a checkpoint of the parametrized path resumes here too
+            model_state = unparametrized_state(model_state)
+        self.model.load_state_dict(model_state)
         self.best = dict(state["best"])

@@ -10,6 +10,12 @@
 A word-embedding mask also applies to a decoder tied to it (an MLM head), so the masked model and its baked export
 compute the same function. :func:`bake` removes the parametrizations leaving the pruned weights at exactly zero: the
 result is a plain Hugging Face model that ``save_pretrained``/``from_pretrained`` round-trip.
+
+Fine-tuning and fixed-mask evaluation need no parametrization at all (:func:`bake_ticket`, :class:`GradMask`): the
+ticket's zeros are written into the weights and, when training, the pruned entries' gradients are zeroed after
+backward with one batched multiply (``torch._foreach_mul_``), so AdamW (its decoupled weight decay included:
+``w - lr * wd * w`` is 0 at w = 0) leaves them exactly zero. A plain model is what ``torch.compile`` and CUDA graphs
+handle best, and a step does no mask work in the forward.
 """
 
 from __future__ import annotations
@@ -117,6 +123,7 @@ class ScoreMask(nn.Module):
         count_rule: str = "round",
     ):
         super().__init__()
+        self._cast: tuple | None = None  # (key, the frozen weight in the compute dtype): cast once per run
         scores = torch.where(init_mask.bool(), kept_score, pruned_score).to(torch.float32)
         self.scores = nn.Parameter(scores)
         self.register_buffer("threshold", torch.tensor(float(threshold)))
@@ -131,7 +138,17 @@ class ScoreMask(nn.Module):
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         dtype = compute_dtype(weight)
-        return weight.to(dtype) * self.mask_values().to(dtype)
+        return self.cast_weight(weight, dtype) * self.mask_values().to(dtype)
+
+    def cast_weight(self, weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """``weight`` in ``dtype``: a frozen weight (TAMT's) is cast once and the copy reused while the weight is
+        unchanged (same storage, same version); a trainable one, or inside torch.compile, every call."""
+        if dtype == weight.dtype or weight.requires_grad or torch.compiler.is_compiling():
+            return weight.to(dtype)
+        key = (dtype, weight.device, weight.data_ptr(), weight._version)
+        if self._cast is None or self._cast[0] != key:
+            self._cast = (key, weight.detach().to(dtype))
+        return self._cast[1]
 
     @torch.no_grad()
     def reset_threshold(self) -> None:
@@ -286,3 +303,52 @@ def remove_masks(model: nn.Module, *, bake: bool) -> nn.Module:
 def bake(model: nn.Module) -> nn.Module:
     """Make the masks permanent: a plain model whose pruned weights are exactly zero."""
     return remove_masks(model, bake=True)
+
+
+def bake_ticket(model: nn.Module, masks: dict[str, torch.Tensor] | Ticket) -> list[tuple[nn.Parameter, torch.Tensor]]:
+    """Apply a fixed ticket without parametrizations: the pruned entries of the stored weights are zeroed in place
+    (a decoder tied to a masked embedding shares its zeros). Returns the (weight, mask) pairs, each mask in its
+    weight's dtype and on its device, for :class:`GradMask`. Validated like :func:`apply_masks`."""
+    from .registry import weight_of
+
+    if isinstance(masks, Ticket):
+        masks = masks.masks
+    if has_masks(model):
+        raise ValueError("model already has masks applied: call remove_masks() first")
+    masks = _drop_absent_pooler(masks, weight_shapes(model))
+    validate_masks(masks, weight_shapes(model))
+    modules = prunable_modules(model)
+    pairs = []
+    with torch.no_grad():
+        for key, m in masks.items():
+            w = weight_of(modules[key])
+            mask = m.to(device=w.device, dtype=w.dtype)
+            w.mul_(mask)
+            pairs.append((w, mask))
+    return pairs
+
+
+class GradMask:
+    """Zero the gradients of a baked ticket's pruned weights: one batched multiply per step (call it after
+    backward, before clipping and the optimizer step)."""
+
+    def __init__(self, pairs: list[tuple[nn.Parameter, torch.Tensor]]):
+        self.params = [p for p, _ in pairs]
+        self.masks = [m for _, m in pairs]
+
+    def __call__(self) -> None:
+        grads, masks = [], []
+        for p, m in zip(self.params, self.masks):
+            if p.grad is not None:
+                grads.append(p.grad)
+                masks.append(m)
+        if grads:
+            torch._foreach_mul_(grads, masks)
+
+
+def unparametrized_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state dict written by a parametrized (masked) model, keyed as the plain model's: ``X.parametrizations.
+    weight.original`` -> ``X.weight`` (a fine-tuning checkpoint of the parametrized path resumes on the baked one;
+    its pruned entries are already zero)."""
+    suffix = ".parametrizations.weight.original"
+    return {(k[: -len(suffix)] + ".weight" if k.endswith(suffix) else k): v for k, v in state.items()}

@@ -36,6 +36,24 @@ class Precision(str, enum.Enum):
     FP16 = "fp16"
 
 
+class CompileMode(str, enum.Enum):
+    AUTO = "auto"
+    TRUE = "true"
+    FALSE = "false"
+
+
+def compile_mode(value: Any) -> CompileMode:
+    """A ``compile`` value (YAML gives booleans for true/false) as a :class:`CompileMode`; ValueError otherwise."""
+    if isinstance(value, CompileMode):
+        return value
+    if isinstance(value, bool):
+        return CompileMode.TRUE if value else CompileMode.FALSE
+    try:
+        return CompileMode(str(value).strip().lower() if isinstance(value, str) else value)
+    except ValueError:
+        raise ValueError(f"compile: must be auto, true or false, got {value!r}") from None
+
+
 DTYPES = {Precision.FP32: torch.float32, Precision.BF16: torch.bfloat16, Precision.FP16: torch.float16}
 
 
@@ -51,6 +69,8 @@ class RuntimeConfig:
         "help": "auto (the GPU Ray gave the trial, else CPU) | cpu | cuda | cuda:N | mps"})
     precision: Precision = field(default=Precision.AUTO, metadata={
         "help": "auto (bf16 on GPUs that support it, fp32 elsewhere) | fp32 | bf16 | fp16 (with a grad scaler)"})
+    compile: CompileMode = field(default=CompileMode.AUTO, metadata={
+        "help": "auto (on CUDA only, where it was measured to help) | true | false: torch.compile the training step"})
 
     def __post_init__(self) -> None:
         if not isinstance(self.device, str) or not DEVICE_RE.match(self.device):
@@ -60,17 +80,18 @@ class RuntimeConfig:
         except ValueError:
             raise ValueError(f"precision: must be one of {[p.value for p in Precision]}, "
                              f"got {self.precision!r}") from None
+        self.compile = compile_mode(self.compile)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> "RuntimeConfig":
         d = dict(d or {})
-        unknown = set(d) - {"device", "precision"}
+        unknown = set(d) - {"device", "precision", "compile"}
         if unknown:
-            raise ValueError(f"unknown runtime keys {sorted(unknown)}; valid: device, precision")
+            raise ValueError(f"unknown runtime keys {sorted(unknown)}; valid: device, precision, compile")
         return cls(**d)
 
     def as_dict(self) -> dict[str, str]:
-        return {"device": self.device, "precision": self.precision.value}
+        return {"device": self.device, "precision": self.precision.value, "compile": self.compile.value}
 
 
 def _visible() -> str:
@@ -120,6 +141,27 @@ class Runtime:
 
     device: torch.device = torch.device("cpu")
     dtype: torch.dtype = torch.float32
+    compile: bool = False  # torch.compile the training step (resolved from CompileMode)
+    compile_backend: str = "inductor"  # torch.compile's backend (tests count recompiles with the quick aot_eager)
+
+    @property
+    def static_shapes(self) -> bool:
+        """Batches of a few fixed shapes (padded widths, full last batches, a fixed MLM position count): where a
+        step is compiled (one graph per shape) or runs on CUDA (see benchmarks/bench_gpu.py --only padding)."""
+        return self.compile or self.device.type == "cuda"
+
+    def compiled(self, module: torch.nn.Module) -> torch.nn.Module:
+        """``module`` itself, or (``compile`` on) ``torch.compile`` of it sharing its parameters: static shapes
+        (one graph per shape, no dynamic-shape guesses), CUDA graphs on CUDA (``reduce-overhead``)."""
+        if not self.compile:
+            return module
+        mode = "reduce-overhead" if self.device.type == "cuda" and self.compile_backend == "inductor" else None
+        return torch.compile(module, backend=self.compile_backend, mode=mode, dynamic=False)
+
+    def mark_step(self) -> None:
+        """Tell CUDA-graph trees a new training step begins (the previous step's outputs may be overwritten)."""
+        if self.compile and self.device.type == "cuda":
+            torch.compiler.cudagraph_mark_step_begin()
 
     @property
     def mixed(self) -> bool:
@@ -133,7 +175,7 @@ class Runtime:
         name = str(self.device)
         if self.device.type == "cuda":
             name += f" ({torch.cuda.get_device_name(self.device)})"
-        return f"{name}, {self.precision}"
+        return f"{name}, {self.precision}" + (", compiled" if self.compile else "")
 
     def autocast(self):
         """The forward's context: autocast to the compute dtype, or nothing in fp32."""
@@ -171,7 +213,8 @@ def resolve(cfg: RuntimeConfig | dict | None = None) -> Runtime:
         if dtype == torch.float32:
             torch.set_float32_matmul_precision("high")  # TF32 tensor cores for fp32 matmuls
         torch.cuda.set_device(device)
-    return Runtime(device, dtype)
+    on = cfg.compile is CompileMode.TRUE or (cfg.compile is CompileMode.AUTO and device.type == "cuda")
+    return Runtime(device, dtype, on)
 
 
 def to_device(obj: Any, device: torch.device, non_blocking: bool = False) -> Any:

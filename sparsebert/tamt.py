@@ -122,8 +122,12 @@ class TAMT:
             p.requires_grad_(True)
         self.saved: dict[int, Path] = {}
         model.to(runtime.device)  # scores, thresholds and head go with it (fp32); the teacher too
-        if self.teacher is not None:
-            self.teacher.to(runtime.device)
+        if self.teacher is not None:  # held in bf16 under bf16 (it never trains: half the reads, no casts per step)
+            self.teacher.to(runtime.device, dtype=torch.bfloat16 if runtime.dtype == torch.bfloat16 else None)
+        # static shapes (compiled step, CUDA): a fixed count of MLM positions per batch; the compiled step's models
+        self.static = runtime.static_shapes
+        self.step_model = runtime.compiled(model)
+        self.step_teacher = runtime.compiled(self.teacher) if self.teacher is not None else None
 
     # ---- Recipe protocol ----------------------------------------------------------------------------------------
     def parameters(self):
@@ -142,19 +146,20 @@ class TAMT:
         """CPU batches: the block slice, MLM-masked here (seeded by the step) when the objective uses MLM."""
         return pretraining_batches(self.train_blocks, self.cfg.batch_size, self.seed, start_step,
                                    self.tokenizer if self.objective.uses_mlm else None,
-                                   self.cfg.objective.mlm_probability)
+                                   self.cfg.objective.mlm_probability, static_positions=self.static)
 
     def loss(self, batch: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         oc, ids = self.cfg.objective, batch["input_ids"]
+        self.runtime.mark_step()
         with parametrize.cached():  # each masked matrix (incl. the tied decoder) computed once per step
-            out = self.model(ids, attention_mask=batch.get("attention_mask"),
+            out = self.step_model(ids, attention_mask=batch.get("attention_mask"),
                              token_type_ids=batch.get("token_type_ids"), output_hidden_states=self.objective.uses_kd)
             parts: dict[str, torch.Tensor] = {}
             if self.objective.uses_mlm:
                 parts["mlm"] = mlm_loss_at(self.model, out.last_hidden_state, batch["positions"], batch["targets"])
         if self.objective.uses_kd:
             with torch.no_grad():
-                teacher_hidden = self.teacher(ids, attention_mask=batch.get("attention_mask"),
+                teacher_hidden = self.step_teacher(ids, attention_mask=batch.get("attention_mask"),
                                               token_type_ids=batch.get("token_type_ids"),
                                               output_hidden_states=True).hidden_states
             parts["kd"] = kd_loss(out.hidden_states, teacher_hidden)

@@ -83,6 +83,8 @@ class Recipe(Protocol):
     def schedule_steps(self) -> int | None: ...  # length of one LR schedule (None: the whole run)
     def models(self) -> list[nn.Module]: ...  # put in train() mode during steps
     # runtime: Runtime  -- optional attribute: the device/precision the method's models live on (default CPU fp32)
+    # after_backward()  -- optional: called after each backward, before clipping and the optimizer step (fine-tuning
+    #                      a baked ticket zeroes its pruned gradients there)
 
 
 def _schedule(cfg: TrainConfig, total: int) -> Callable[[int], float]:
@@ -304,6 +306,7 @@ def train(
     data = prefetch(method.batches(step), rt)
     t0, step0 = time.perf_counter(), step
     running, n_running, since = torch.zeros((), device=rt.device), 0, step
+    after_backward = getattr(method, "after_backward", None)
     for m in method.models():
         m.train()
     while step < cfg.steps:
@@ -317,6 +320,8 @@ def train(
             scaler.unscale_(opt)
         else:
             loss.backward()
+        if after_backward is not None:
+            after_backward()
         if cfg.grad_clip and cfg.optimizer != "bertadam":  # BertAdam clips each tensor itself
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         if scaler is not None:
