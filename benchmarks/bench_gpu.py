@@ -34,9 +34,9 @@ from readme_section import Recorder  # noqa: E402
 
 from sparsebert.models import PretrainingModel, load_tokenizer  # noqa: E402
 from sparsebert.batching import mlm_batch, step_generator  # noqa: E402
-from sparsebert.objectives import ObjectiveConfig, mlm_loss_at  # noqa: E402
+from sparsebert.objectives import mlm_loss_at  # noqa: E402
 from sparsebert.runtime import Runtime, RuntimeConfig, resolve as resolve_runtime  # noqa: E402
-from sparsebert.tamt import TAMT, TAMTConfig  # noqa: E402
+from sparsebert.tamt import TAMT, TAMTSpec  # noqa: E402
 from sparsebert.task_tensors import TaskTensors  # noqa: E402
 from sparsebert.training import TrainConfig, train  # noqa: E402
 
@@ -122,8 +122,8 @@ def bench_pretrain(args, device: torch.device, shape: dict, batch: int, seq: int
         dense = time_method(DenseMLM(random_bert(shape), tok, blocks, batch, rt), rt, args.steps, args.warmup)
         rows.append({"precision": precision, "step": "dense MLM", "ms": dense, "ratio": 1.0})
         for obj, label in (("mlm", "TAMT-MLM"), ("kd", "TAMT-KD"), ("mlm_kd", "TAMT-MLM+KD")):
-            cfg = TAMTConfig(sparsity=0.7, objective=ObjectiveConfig(objective=obj), batch_size=batch, eval_blocks=1)
-            m = TAMT(random_bert(shape), cfg, tok, blocks, blocks[:1], "bench", runtime=rt)
+            spec = TAMTSpec(model="bench", sparsity=0.7, objective=obj, batch_size=batch)
+            m = TAMT(random_bert(shape), spec, tok, blocks, blocks[:1], runtime=rt)
             ms = time_method(m, rt, args.steps, args.warmup)
             rows.append({"precision": precision, "step": label, "ms": ms, "ratio": ms / dense})
             del m
