@@ -140,13 +140,6 @@ def check_machine(space: Space, gpus: int | None = None, local: bool = True, cpu
     if not local:
         return []  # a cluster's workers may have GPUs the driver lacks: Ray schedules, trials resolve their device
     have = gpus if gpus is not None else (torch.cuda.device_count() if torch.cuda.is_available() else 0)
-    n_cpu = cpus or os.cpu_count() or 1
-    if space.resources.get("cpu", 1) > n_cpu:
-        raise _err(space.path, "resources.cpu", f"{space.resources['cpu']} per trial, but this machine has {n_cpu} "
-                                                f"CPU(s): no trial could start (use at most {n_cpu}, or --address)")
-    if have and space.resources.get("gpu", 0) > have:
-        raise _err(space.path, "resources.gpu", f"{space.resources['gpu']} per trial, but this machine has {have} "
-                                                f"GPU(s): no trial could start")
     dev = space.runtime["device"]
     if dev.startswith("cuda") and not (have and torch.cuda.is_available() and torch.cuda.device_count()):
         raise _err(space.path, "device", f"{dev!r} requested but torch sees no CUDA device here "
@@ -156,6 +149,13 @@ def check_machine(space: Space, gpus: int | None = None, local: bool = True, cpu
         mps = getattr(torch.backends, "mps", None)
         if mps is None or not mps.is_available():
             raise _err(space.path, "device", "'mps' requested but this torch has no usable MPS backend")
+    n_cpu = cpus or os.cpu_count() or 1
+    if space.resources.get("cpu", 1) > n_cpu:
+        raise _err(space.path, "resources.cpu", f"{space.resources['cpu']} per trial, but this machine has {n_cpu} "
+                                                f"CPU(s): no trial could start (use at most {n_cpu}, or --address)")
+    if have and space.resources.get("gpu", 0) > have:
+        raise _err(space.path, "resources.gpu", f"{space.resources['gpu']} per trial, but this machine has {have} "
+                                                f"GPU(s): no trial could start")
     want = space.resources.get("gpu", 0)
     if want and not have:
         space.resources = {k: v for k, v in space.resources.items() if k != "gpu"}

@@ -72,8 +72,7 @@ class TicketMeta:
         "help": "device type and precision it was found and evaluated in (not part of the ticket id)"})
     created: float = field(default_factory=time.time)
     mask_sha256: str | None = field(default=None, metadata={
-        "help": "sha256 of mask.safetensors, written by Ticket.save and checked by every load (None: a ticket saved "
-                "before the checksum existed)"})
+        "help": "sha256 of mask.safetensors, checked by every load (None: saved before checksums)"})
 
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
