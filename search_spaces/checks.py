@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from .space import Space, SpaceError, _err, _expand, _is_dim
+from .space import Space, SpaceError, _err, _expand
 
 #: files one of which a local model directory must hold (PyTorch weights: whole or sharded)
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",

@@ -14,12 +14,12 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from .finder_base import (DEFAULT_TEXT, OBJECTIVE_NAMES, FindContext, FinderSpec, TrainedSpec,  # noqa: F401
+from .finder_base import (DEFAULT_TEXT, FindContext, FinderSpec, TrainedSpec,  # noqa: F401  (re-exported)
                           text_part, to_enum)
 from .imp import IMPSpec
 from .knobs import knob
 from .pruning import Scope, dense_ticket, omp_ticket, random_ticket
-from .tamt import PAPER_STEPS, MaskInit, TAMTSpec  # noqa: F401  (re-exported)
+from .tamt import TAMTSpec
 from .ticket import Method
 
 
