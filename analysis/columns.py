@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from sparsebert.finders import label_order
+from sparsebert.ticket import Method
+
 #: name -> description of every column of the tidy and average tables (``metric/<name>``: one per metric).
 COLUMNS: dict[str, str] = {
     # identity of the ticket
     "ticket_id": "ticket identifier (results' ticket_id; 'dense:<model>' for the unpruned model, "
                  "or a synthesized '<method>-<init>-<objective>-s<sparsity>-<steps>' key when missing)",
-    "label": "display name of the finding method: Dense, OMP, Random, IMP, TAMT-MLM, TAMT-KD, TAMT-MLM+KD "
+    "label": f"display name of the finding method: {', '.join(label_order())} "
              "(' (random init)' appended for TAMT from a random mask)",
     "model": "source pre-trained model",
-    "method": "dense | omp | random | imp | tamt",
+    "method": " | ".join(m.value for m in Method),
     "init": "TAMT mask initialisation: omp | random (empty for other methods)",
     "objective": "TAMT/IMP training objective: mlm | kd | mlm_kd (empty for other methods)",
     "sparsity": "fraction of prunable weights removed (0.0 for the dense model)",

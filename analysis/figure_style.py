@@ -13,18 +13,12 @@ import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
+from sparsebert.finders import figure_order, label_colours  # noqa: E402
+
 from .results_io import stopped_mask  # noqa: E402
 
-ORDER = ["Dense", "TAMT-MLM", "TAMT-KD", "TAMT-MLM+KD", "IMP", "OMP", "Random"]
-COLOURS = {
-    "Dense": "black",
-    "TAMT-MLM": "tab:red",
-    "TAMT-KD": "tab:blue",
-    "TAMT-MLM+KD": "tab:purple",
-    "IMP": "tab:green",
-    "OMP": "tab:orange",
-    "Random": "tab:gray",
-}
+ORDER = figure_order()  # from the finder registry: each spec carries its labels, colours and figure order
+COLOURS = label_colours()
 _EXTRA = ["tab:brown", "tab:pink", "tab:olive", "tab:cyan", "gold", "navy"]
 PRETTY = {"mlm_loss": "MLM loss", "kd_loss": "KD loss", "avg_score": "average downstream score",
           "best_score": "downstream score", "omp_similarity": "similarity to OMP mask"}  # fmt: skip

@@ -49,9 +49,9 @@ from gpu_steps import MINILM, bench_padding, bench_steps, stand_in_tokenizer  # 
 
 from sparsebert.models import PretrainingModel, load_tokenizer  # noqa: E402
 from sparsebert.batching import mlm_batch, mlm_positions_cap, step_generator  # noqa: E402
-from sparsebert.objectives import ObjectiveConfig, mlm_loss_at  # noqa: E402
+from sparsebert.objectives import mlm_loss_at  # noqa: E402
 from sparsebert.runtime import Runtime, RuntimeConfig, resolve as resolve_runtime  # noqa: E402
-from sparsebert.tamt import TAMT, TAMTConfig  # noqa: E402
+from sparsebert.tamt import TAMT, TAMTSpec  # noqa: E402
 from sparsebert.task_tensors import TaskTensors  # noqa: E402
 from sparsebert.training import TrainConfig, train  # noqa: E402
 
@@ -141,8 +141,8 @@ def bench_pretrain(args, device: torch.device, shape: dict, batch: int, seq: int
         dense = time_method(DenseMLM(random_bert(shape), tok, blocks, batch, rt), rt, args.steps, args.warmup)
         rows.append({"precision": precision, "step": "dense MLM", "ms": dense, "ratio": 1.0})
         for obj, label in (("mlm", "TAMT-MLM"), ("kd", "TAMT-KD"), ("mlm_kd", "TAMT-MLM+KD")):
-            cfg = TAMTConfig(sparsity=0.7, objective=ObjectiveConfig(objective=obj), batch_size=batch, eval_blocks=1)
-            m = TAMT(random_bert(shape), cfg, tok, blocks, blocks[:1], "bench", runtime=rt)
+            spec = TAMTSpec(model="bench", sparsity=0.7, objective=obj, batch_size=batch)
+            m = TAMT(random_bert(shape), spec, tok, blocks, blocks[:1], runtime=rt)
             ms = time_method(m, rt, args.steps, args.warmup)
             rows.append({"precision": precision, "step": label, "ms": ms, "ratio": ms / dense})
             del m
@@ -165,8 +165,8 @@ def bench_pretrain(args, device: torch.device, shape: dict, batch: int, seq: int
 
 
 def _tamt(shape, obj, batch, tok, blocks, rt):
-    cfg = TAMTConfig(sparsity=0.7, objective=ObjectiveConfig(objective=obj), batch_size=batch, eval_blocks=1)
-    return TAMT(random_bert(shape), cfg, tok, blocks, blocks[:1], "bench", runtime=rt)
+    spec = TAMTSpec(model="bench", sparsity=0.7, objective=obj, batch_size=batch)
+    return TAMT(random_bert(shape), spec, tok, blocks, blocks[:1], runtime=rt)
 
 
 def finetune_worker(args) -> dict:

@@ -63,7 +63,8 @@ def cmd_run(args) -> int:
     print(f"space {space.path.name}: stage {space.stage}, {n} trial(s){' (smoke)' if args.smoke else ''}, "
           f"metric {space.metric} ({space.mode}), scheduler {space.tune['scheduler']['type']}, "
           f"searcher {space.tune['searcher']['type']}")
-    for check in (lambda: check_machine(space, getattr(args, "gpus", None), local=not args.address),
+    for check in (lambda: check_machine(space, getattr(args, "gpus", None), local=not args.address,
+                                        cpus=getattr(args, "cpus", None)),
                   lambda: check_models(space, local=not args.address)):  # models: configs only, never weights
         try:
             for note in check():
@@ -131,8 +132,8 @@ def cmd_resume(args) -> int:
         return EXIT_BAD_INPUT
     try:
         space = validate(path, raw)
-        for note in check_machine(space, args.gpus, local=not args.address) + check_models(space,
-                                                                                          local=not args.address):
+        for note in check_machine(space, args.gpus, local=not args.address, cpus=getattr(args, "cpus", None)) + \
+                check_models(space, local=not args.address):
             print(f"note: {note}")
     except SpaceError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -14,7 +14,8 @@ from typing import Any
 
 import pandas as pd
 
-from sparsebert.ticket import MASK_FILE, META_FILE, Ticket, TicketError, config_hash, method_label, read_masks, \
+from sparsebert.finders import method_label
+from sparsebert.ticket import MASK_FILE, META_FILE, Ticket, TicketError, config_hash, read_masks, \
     read_meta
 
 TICKETS_DIR = "tickets"

@@ -66,7 +66,7 @@ def ticket_config(cfg: dict[str, Any]) -> dict[str, Any]:
 
 def ticket_label(t: dict[str, Any]) -> str:
     """The method label of a ticket config (``TAMT-KD``, ``OMP``, ...)."""
-    from sparsebert.ticket import method_label
+    from sparsebert.finders import method_label
 
     return method_label(t.get("method", "omp"), t.get("init"), t.get("objective") if t.get("method") == "tamt"
                         else None)

@@ -60,9 +60,10 @@ def init_ray(address: str | None, cpus: int | None, gpus: int | None = None) -> 
 
 
 def shared_inputs(space):
-    """Tokenized text for every (model, text) the space's tamt/imp tickets use: built once, shared."""
+    """Tokenized text for every (model, text) the space's tickets read (any finder whose spec reads text) and are
+    evaluated on: built once, shared."""
     from search_spaces.space import _expand
-    from sparsebert.finders import TrainedSpec, finder_spec
+    from sparsebert.finders import finder_spec
     from sparsebert.pipeline import EvalSpec, SharedText, ensure_head
     from sparsebert.runtime import CPU, DeviceUnavailable, resolve
 
@@ -75,9 +76,10 @@ def shared_inputs(space):
         for point in _expand({**space.ticket, **variant}):
             spec = finder_spec(point)
             ev = EvalSpec(**{"text": point.get("text"), **space.eval})
-            if isinstance(spec, TrainedSpec):
-                shared.get(spec.model, spec.text, "train")
-                shared.get(spec.model, spec.text, "validation")
+            text = spec.train_text()
+            if text is not None:
+                shared.get(spec.model, text, "train")
+                shared.get(spec.model, text, "validation")
             shared.get(spec.model, ev.text_for(spec), "validation")
             key = (spec.model, ev.text_for(spec).get("source", "embedded"))
             if key not in heads:  # every ticket's MLM loss needs the model's head: fit it once, here

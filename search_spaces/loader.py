@@ -28,8 +28,9 @@ each trial gets its task's value (else the default), and that resolved value is 
 ``config/transfer.K`` column hold; unknown task names, a search dimension inside it, and a task of the space with
 neither its own value nor a default are refused here.
 Everything is validated here, before Ray starts; errors name the file and the key. ``--smoke``: search_spaces/smoke.py.
-Local task data (``transfer.data_dir`` / ``$SPARSEBERT_DATA_DIR``) is checked file by file in :func:`validate`; the
-machine (:func:`check_machine`) and the models (:func:`check_models`) by ``run`` before it creates anything.
+Local task data (``transfer.data_dir`` / ``$SPARSEBERT_DATA_DIR``) is checked file by file in :func:`validate`;
+values, keys, the metric, the machine and the models in :mod:`search_spaces.checks` (the last two by ``run`` before
+it creates anything).
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from .checks import (check_machine, check_metric, check_models, check_section_values,  # noqa: F401  (re-exported)
+                     check_variant_keys, read_yaml)
 from .smoke import shrink, smoke_model_dir  # noqa: F401  (smoke_model_dir: re-exported)
 from .space import (DIMENSIONS, Space, SpaceError, _check_dim, _err, _expand, _is_dim, _points,  # noqa: F401
                     as_dict, grid_size, ticket_points)
@@ -72,12 +73,7 @@ def resolve_path(name_or_path: str | os.PathLike) -> Path:
 def load_space(name_or_path: str | os.PathLike, smoke: bool = False, overrides: dict | None = None) -> Space:
     """Read and validate a space file (optionally shrunk by ``--smoke``). Raises SpaceError."""
     path = resolve_path(name_or_path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark else "?"
-        raise SpaceError(f"{path.name}: {where}: malformed YAML: {getattr(e, 'problem', e)}") from None
+    raw = read_yaml(path)  # malformed YAML and duplicate keys: a SpaceError naming the line
     if not isinstance(raw, dict):
         raise SpaceError(f"{path.name}: top level must be a mapping")
     raw = copy.deepcopy(raw)
@@ -112,6 +108,7 @@ def validate(path: Path, raw: dict[str, Any]) -> Space:
         raise _err(path, "variants", "must be a list of mappings")
     if variants == []:  # would run the shared ticket section alone (one OMP trial by default): not what was meant
         raise _err(path, "variants", "an empty list; omit the key for a single ticket")
+    check_variant_keys(path, variants)
     for k, v in ticket.items():
         if _is_dim(v):
             _check_dim(path, f"ticket.{k}", v)
@@ -133,15 +130,17 @@ def validate(path: Path, raw: dict[str, Any]) -> Space:
         for k, v in transfer.items():
             if _is_dim(v):
                 _check_dim(path, f"transfer.{k}", v)
-        from sparsebert.finetune import split_transfer
+        from sparsebert.finetune import FinetuneConfig, split_transfer
         from sparsebert.per_task import PerTaskError, check, resolve
+        from sparsebert.training import TrainConfig
 
         try:  # values set per task: known task names, plain values, one (or the default) for every task run
             check(transfer, _points(transfer["task"]), is_dim=_is_dim)
         except PerTaskError as e:
             raise _err(path, f"transfer.{e.key}", e.msg) from None
 
-        for point in map(resolve, _expand(transfer)):
+        for point in map(resolve, _expand(transfer)):  # each value by its knob's type and range, then the config
+            check_section_values(path, "transfer", point, (FinetuneConfig, TrainConfig), skip=("eval_every", "task"))
             try:
                 split_transfer({"transfer": point})
             except (ValueError, TypeError) as e:
@@ -152,9 +151,10 @@ def validate(path: Path, raw: dict[str, Any]) -> Space:
     elif transfer:
         raise _err(path, "transfer", f"only valid for stage transfer (stage is {stage})")
     ev = dict(raw.get("eval") or {})
+    check_section_values(path, "eval", ev, (EvalSpec,))
     try:
         EvalSpec(**ev)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
         raise _err(path, "eval", str(e)) from None
     tune_cfg = _validate_tune(path, dict(raw.get("tune") or {}), stage, variants is not None, ticket, transfer)
     resources = dict(raw.get("resources") or {"cpu": 1})
@@ -191,35 +191,6 @@ def validate(path: Path, raw: dict[str, Any]) -> Space:
     return space
 
 
-def check_machine(space: Space, gpus: int | None = None, local: bool = True) -> list[str]:
-    """Can this space's trials get the devices they ask for? Checked before Ray starts; returns notes to print.
-
-    ``local``: a Ray started here (not ``--address``) with ``gpus`` GPUs (None: what torch sees). ``device: cuda``
-    where there is no GPU is an error (SpaceError naming the key). ``device: auto`` with ``resources.gpu`` on a
-    machine without GPUs runs the trials on the CPU (the reservation is dropped, with a note): the same space packs
-    trials onto a GPU where there is one and runs on a laptop where there is none."""
-    import torch
-
-    if not local:
-        return []  # a cluster's workers may have GPUs the driver lacks: Ray schedules, trials resolve their device
-    have = gpus if gpus is not None else (torch.cuda.device_count() if torch.cuda.is_available() else 0)
-    dev = space.runtime["device"]
-    if dev.startswith("cuda") and not (have and torch.cuda.is_available() and torch.cuda.device_count()):
-        raise _err(space.path, "device", f"{dev!r} requested but torch sees no CUDA device here "
-                                         f"(CUDA build: {torch.version.cuda or 'no, a CPU-only torch'}; "
-                                         f"use device: auto to run on the CPU, or --address to join a GPU cluster)")
-    if dev == "mps":
-        mps = getattr(torch.backends, "mps", None)
-        if mps is None or not mps.is_available():
-            raise _err(space.path, "device", "'mps' requested but this torch has no usable MPS backend")
-    want = space.resources.get("gpu", 0)
-    if want and not have:
-        space.resources = {k: v for k, v in space.resources.items() if k != "gpu"}
-        return [f"{space.path.name}: resources.gpu: {want} per trial, but this machine has no GPU: trials run on "
-                f"the CPU (device: auto)"]
-    return []
-
-
 def _check_task_data(path: Path, transfer: dict) -> None:
     """Local task data (``transfer.data_dir`` or ``$SPARSEBERT_DATA_DIR``): every file a trial will read (train and
     evaluation splits) exists and holds a header and a usable row, before anything runs (a missing dev file would
@@ -241,107 +212,6 @@ def _check_task_data(path: Path, transfer: dict) -> None:
                 raise _err(path, "transfer.data_dir", str(e)) from None
             raise _err(path, "transfer.task", f"{e} ($SPARSEBERT_DATA_DIR={os.environ.get('SPARSEBERT_DATA_DIR')})"
                        ) from None
-
-
-def check_models(space: Space, local: bool = True) -> list[str]:
-    """Does every model the space names exist here? Checked before anything is written; reads configs only, never
-    weights. Returns notes to print; a model that is not there is a SpaceError naming its key (``model``,
-    ``ticket.model`` or ``variants[i].model``) and what was tried.
-
-    ``embedded-minilm``: its package must be importable. A local directory: it must hold a config.json. A hub name:
-    it must be in the local Hugging Face cache (offline, as ``run_search.py`` runs: HF_HUB_OFFLINE=1), or, online,
-    its config must load from the Hub. ``local=False`` (``--address``: a cluster, whose nodes have their own caches):
-    hub names are not checked (a note says so)."""
-    notes: list[str] = []
-    done: set[str] = set()
-    for key, model in _models(space):
-        if model in done:
-            continue
-        done.add(model)
-        problem, note = _model_problem(model, local)
-        if problem:
-            raise _err(space.path, key, problem)
-        if note:
-            notes.append(f"{space.path.name}: {key}: {note}")
-    return notes
-
-
-def _models(space: Space) -> list[tuple[str, str]]:
-    """(key, model) of every ticket the space can produce; the key says where the model is set."""
-    from sparsebert.finders import FinderSpec
-
-    default = FinderSpec.__dataclass_fields__["model"].default
-    out = []
-    in_ticket = "model" in (space.raw.get("ticket") or {})
-    for i, variant in enumerate(space.variants or [{}]):
-        key = (f"variants[{i}].model" if "model" in variant else "ticket.model" if in_ticket else "model")
-        for point in _expand({**space.ticket, **variant}):
-            out.append((key, str(point.get("model", default))))
-    return out
-
-
-def _hub_offline() -> bool:
-    import huggingface_hub.constants as hc
-
-    env = (os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or "").upper()
-    return env in {"1", "ON", "YES", "TRUE"} or bool(hc.HF_HUB_OFFLINE)
-
-
-def _model_problem(model: str, local: bool) -> tuple[str | None, str | None]:
-    """(what is wrong, a note) for one model name."""
-    from sparsebert.embedded import EMBEDDED_MODEL, resolve_model_path
-
-    if model == EMBEDDED_MODEL:
-        try:
-            resolve_model_path(model)
-        except ImportError as e:
-            return f"{model!r} is not installed: {e}", None
-        return None, None
-    p = Path(model).expanduser()
-    if p.is_dir():
-        if not (p / "config.json").is_file():
-            return f"{model}: a directory without config.json (not a Hugging Face model directory)", None
-        return _config_problem(model), None
-    if p.exists():
-        return f"{model}: a file, not a model directory (a local model is a directory with config.json)", None
-    if model.startswith(("/", ".", "~")) or model.count("/") > 1 or "\\" in model or not model.strip():
-        return f"{model!r}: no such directory (a local model is a directory with config.json)", None
-    # a hub name ("name" or "org/name")
-    if not local:
-        return None, (f"{model!r} is a hub name: not checked here (--address: the cluster's nodes load it from "
-                      f"their own Hugging Face cache or the Hub)")
-    from huggingface_hub.constants import HF_HUB_CACHE
-    from transformers import AutoConfig
-
-    try:
-        AutoConfig.from_pretrained(model, local_files_only=True, trust_remote_code=False)
-        return _config_problem(model), None
-    except OSError:
-        cached = f"not in the Hugging Face cache ({HF_HUB_CACHE})"
-    except Exception as e:  # noqa: BLE001  (e.g. ValueError: a config this transformers cannot read)
-        return (f"{model!r}: in the Hugging Face cache but its config does not load ({type(e).__name__}: "
-                f"{' '.join(str(e).split())[:200]})"), None
-    tried = f"not {EMBEDDED_MODEL}, not a local directory, {cached}"
-    if _hub_offline():
-        return (f"{model!r} not found: {tried}; HF_HUB_OFFLINE=1 downloads nothing: download it once online "
-                f"(HF_HUB_OFFLINE=0) or give a local model directory"), None
-    try:
-        AutoConfig.from_pretrained(model, trust_remote_code=False)
-        return _config_problem(model), None
-    except Exception as e:  # noqa: BLE001
-        return (f"{model!r} not found: {tried}, not on the Hub ({type(e).__name__}: "
-                f"{' '.join(str(e).split())[:200]})"), None
-
-
-def _config_problem(model: str) -> str | None:
-    """What is wrong with a model's config (never running the model's own code: trust_remote_code=False), or None."""
-    from sparsebert.models import load_config
-
-    try:
-        load_config(model)
-    except Exception as e:  # noqa: BLE001 -- UnsupportedModelError (custom code, unknown type), a bad config.json
-        return f"{model}: {' '.join(str(e).split())[:300]}"
-    return None
 
 
 def _culprit(point: dict, variant: dict, i: int) -> str:
@@ -374,6 +244,7 @@ def _validate_tune(path, t, stage, has_variants, ticket, transfer) -> dict[str, 
         raise _err(path, f"tune.{sorted(unknown)[0]}", f"unknown key; valid: {sorted(TUNE_KEYS)}")
     default_metric = {"transfer": "score", "find": "kd_loss", "evaluate": "kd_loss"}[stage]
     t.setdefault("metric", default_metric)
+    check_metric(path, stage, t["metric"], transfer)
     t.setdefault("mode", "max" if t["metric"] in ("score", "best_score") else "min")
     if t["mode"] not in ("min", "max"):
         raise _err(path, "tune.mode", "must be min or max")

@@ -56,35 +56,18 @@ REFERENCE_KD_TEXT = {"kind": "paragraphs", "block_size": 512, "kd_grouping": "re
 @dataclass
 class TextDataConfig:
     source: str = field(default="embedded", metadata={"help": (
-        "text source: 'embedded' (the prepared Wikipedia sample), a local WikiText dir (wiki.train.raw / "
-        "wiki.valid.raw / wiki.test.raw), a .txt file or comma-separated .txt files (first 90% of lines train, last "
-        "10% validation), or a hub dataset 'name/config' such as 'wikitext/wikitext-103-raw-v1'")})
-    block_size: int = field(default=128, metadata={"help": (
-        "tokens per MLM block including the special tokens (reference: 512)")})
-    max_blocks: int | None = field(default=None, metadata={"help": (
-        "keep only the first N blocks (or KD paragraphs) of a split, for tests and smoke runs; the cache always "
-        "holds the full split")})
+        "'embedded' | a WikiText dir | .txt file(s), comma-separated | a hub dataset 'name/config'")})
+    block_size: int = field(default=128, metadata={"help": "tokens per MLM block incl. special tokens (reference 512)"})
+    max_blocks: int | None = field(default=None, metadata={"help": "first N blocks of a split (tests, smoke)"})
     cache_dir: str | None = field(default=None, metadata={"help": (
         "token cache folder (default: $SPARSEBERT_CACHE/data or ~/.cache/sparsebert/data)")})
-    # ---- the KD paragraph data (kind="paragraphs"). Every field below defaults to ours; a text dict that omits
-    # them hashes exactly as before (ids and cache keys are computed from the dict as written).
-    kind: str = field(default="blocks", metadata={"help": (
-        "'blocks' (ours: the token stream cut into block_size blocks) or 'paragraphs' (the TAMT-KD data: one "
-        "sequence per paragraph, padded to block_size; the reference uses block_size 512)")})
-    kd_grouping: str = field(default="line", metadata={"help": (
-        "paragraphs only. 'line' (ours): every non-heading line of >= 20 tokens is one sequence. 'reference' "
-        "(pregenerate_training_data.py --one_seq): blank-line separated groups of lines, dropped when their first "
-        "line has an '=' token or < 20 tokens, packed into [CLS] A [SEP] B [SEP] pairs of <= block_size-3 tokens "
-        "(10 %: a random shorter target), with token_type_ids")})
-    kd_truncation: str = field(default="head", metadata={"help": (
-        "paragraphs only. 'head' (ours): keep the first tokens; 'random_ends' (reference): drop one token at a time "
-        "from the front or the back, each with probability 1/2")})
-    kd_corruption: str = field(default="none", metadata={"help": (
-        "paragraphs only. 'none' (ours) or 'one_token' (reference: exactly one non-special token per sequence "
-        "picked, replaced by [MASK] 80 %, kept 10 %, a random vocabulary id 10 %; drawn once when the data is "
-        "built, like the reference's pregenerated epoch_0.json)")})
-    kd_seed: int = field(default=0, metadata={"help": (
-        "paragraphs only: seed of the build-time randomness (random-end truncation, short targets, corruption)")})
+    # ---- the KD paragraph data (kind="paragraphs"; README: fidelity). Every field below defaults to ours; a text
+    # dict that omits them hashes exactly as before (ids and cache keys are computed from the dict as written).
+    kind: str = field(default="blocks", metadata={"help": "blocks (ours) | paragraphs (the reference's TAMT-KD data)"})
+    kd_grouping: str = field(default="line", metadata={"help": "paragraphs: line (ours) | reference (packed pairs)"})
+    kd_truncation: str = field(default="head", metadata={"help": "paragraphs: head (ours) | random_ends (reference)"})
+    kd_corruption: str = field(default="none", metadata={"help": "paragraphs: none (ours) | one_token (reference)"})
+    kd_seed: int = field(default=0, metadata={"help": "paragraphs: seed of the build-time randomness"})
 
     def __post_init__(self) -> None:
         for name, allowed in (("kind", KINDS), ("kd_grouping", KD_GROUPINGS), ("kd_truncation", KD_TRUNCATIONS),

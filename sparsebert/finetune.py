@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -33,6 +33,7 @@ from .task_data import load_task
 from .task_tokenize import tokenize_task
 from .tasks import TaskSpec, compute_task_metrics, get_task, main_score
 from .ticket import Ticket
+from .knobs import check_knobs, knob
 from .training import TrainConfig
 
 
@@ -81,58 +82,34 @@ class StaticShapes(str, enum.Enum):
 class FinetuneConfig:
     """Downstream task and data knobs (optimisation knobs live in TrainConfig)."""
 
-    task: str = field(default="polarity", metadata={"help": "mnli qqp qnli sst2 cola stsb mrpc rte squad polarity"})
-    data_dir: str | None = field(default=None, metadata={"help": "local GLUE/SQuAD dir (None: hub / embedded)"})
-    max_length: int = field(default=128, metadata={"help": "max tokens (SQuAD: 384)"})
-    stride: int = field(default=128, metadata={"help": (
-        "SQuAD windows: tokens shared by consecutive windows (stride_mode overlap) or the step between window "
-        "starts (stride_mode step)")})
-    stride_mode: str = field(default="overlap", metadata={"help": (
-        "SQuAD: how `stride` is read. overlap (ours): the HF tokenizer's `stride`, tokens shared by consecutive "
-        "windows. step (reference): the legacy squad_convert_examples_to_features `doc_stride`, the step between "
-        "window starts in context tokens (reference squad_trans.py --doc_stride 128: overlap = max_length - "
-        "question tokens - 3 special tokens - 128, about 190 tokens at max_length 384)")})
-    select_split: str = field(default="matched", metadata={"help": (
-        "MNLI: the dev split whose accuracy is `score` and picks the best evaluation (both splits are reported). "
-        "matched (ours; the usual MNLI-m number). mismatched (reference): glue_trans.py evaluate() runs mnli then "
-        "mnli-mm and results.update() overwrites 'acc' with the mismatched accuracy, which train() then uses "
-        "for best_score. Ignored by other tasks")})
-    batch_size: int = field(default=32, metadata={"help": "train batch (reference 32; SQuAD 16)"})
-    eval_batch_size: int = field(default=64, metadata={"help": "evaluation batch"})
-    epochs: float = field(default=3.0, metadata={"help": "epochs over the train split (reference 3; SQuAD 2)"})
-    max_steps: int = field(default=0, metadata={"help": "if > 0, overrides epochs"})
-    subset_size: int | None = field(default=None, metadata={"help": "few-shot: seeded subset of the train split"})
-    max_eval_examples: int | None = field(default=None, metadata={"help": "first N of each eval split (smoke)"})
-    length_buckets: int = field(default=50, metadata={"help": (
-        "dynamic padding with length bucketing: each chunk of batch_size x N shuffled rows is sorted by length "
-        "before it is cut into batches (less padding, same epoch); 1 = plain shuffled batches")})
-    mask_mode: MaskMode = field(default=MaskMode.BAKED, metadata={"help": (
-        "baked: the ticket's zeros in the weights, pruned gradients zeroed after backward (a plain model) | "
-        "parametrized: torch parametrizations (the earlier path; the same losses)")})
-    static_shapes: StaticShapes = field(default=StaticShapes.AUTO, metadata={"help": (
-        "a few batch shapes: widths rounded up to pad_multiple, the last partial batch of an epoch filled up with "
-        "rows from the epoch's start, eval batches padded (outputs discarded) | auto: where the runtime compiles "
-        "or runs on CUDA")})
-    pad_multiple: int = field(default=32, metadata={"help": "static shapes: batch widths are multiples of this"})
+    task: str = knob("polarity", "mnli qqp qnli sst2 cola stsb mrpc rte squad polarity")
+    data_dir: str | None = knob(None, "local GLUE/SQuAD dir (None: hub / embedded)")
+    max_length: int = knob(128, "max tokens (SQuAD: 384)", min=1)
+    stride: int = knob(128, "SQuAD windows: tokens shared (overlap) or the step between window starts (step)", min=1)
+    stride_mode: str = knob("overlap", "SQuAD: overlap (ours, HF's stride) | step (the reference's doc_stride)",
+                            choices=STRIDE_MODES)
+    select_split: str = knob("matched", "MNLI: the dev split that picks the best evaluation (the reference's: "
+                             "mismatched)", choices=tuple(SELECT_SPLITS))
+    batch_size: int = knob(32, "train batch (reference 32; SQuAD 16)", min=1)
+    eval_batch_size: int = knob(64, "evaluation batch", min=1)
+    epochs: float = knob(3.0, "epochs over the train split (reference 3; SQuAD 2)", above=0)
+    max_steps: int = knob(0, "if > 0, overrides epochs", min=0)
+    subset_size: int | None = knob(None, "few-shot: seeded subset of the train split", min=1)
+    max_eval_examples: int | None = knob(None, "first N of each eval split (smoke)", min=1)
+    length_buckets: int = knob(50, "length bucketing: rows sorted by length in chunks of batch_size x N (1: off)",
+                               min=1)
+    mask_mode: MaskMode = knob(MaskMode.BAKED, "baked: zeros in the weights, pruned grads zeroed | parametrized")
+    static_shapes: StaticShapes = knob(StaticShapes.AUTO, "batch widths rounded to pad_multiple, full last batches "
+                                       "| auto: where the runtime compiles or is CUDA")
+    pad_multiple: int = knob(32, "static shapes: batch widths are multiples of this", min=1)
 
     def __post_init__(self) -> None:
         get_task(self.task)  # unknown task -> ValueError listing the valid names
-        if self.stride_mode not in STRIDE_MODES:
-            raise ValueError(f"stride_mode must be one of {STRIDE_MODES}, got {self.stride_mode!r}")
-        if self.select_split not in SELECT_SPLITS:
-            raise ValueError(f"select_split must be one of {tuple(SELECT_SPLITS)}, got {self.select_split!r}")
-        if not isinstance(self.length_buckets, int) or self.length_buckets < 1:
-            raise ValueError(f"length_buckets must be an integer >= 1, got {self.length_buckets!r}")
-        if self.mask_mode not in [m.value for m in MaskMode]:
-            raise ValueError(f"mask_mode must be one of {[m.value for m in MaskMode]}, got {self.mask_mode!r}")
-        self.mask_mode = MaskMode(self.mask_mode)
-        if isinstance(self.static_shapes, bool):
+        if isinstance(self.static_shapes, bool):  # YAML true/false
             self.static_shapes = "true" if self.static_shapes else "false"
-        if self.static_shapes not in [m.value for m in StaticShapes]:
-            raise ValueError(f"static_shapes must be auto, true or false, got {self.static_shapes!r}")
+        check_knobs(self)
+        self.mask_mode = MaskMode(self.mask_mode)
         self.static_shapes = StaticShapes(self.static_shapes)
-        if isinstance(self.pad_multiple, bool) or not isinstance(self.pad_multiple, int) or self.pad_multiple < 1:
-            raise ValueError(f"pad_multiple must be an integer >= 1, got {self.pad_multiple!r}")
 
 
 #: keys of a space's ``transfer`` section that are TrainConfig fields (the rest are FinetuneConfig's)
@@ -166,21 +143,6 @@ def split_transfer(config: dict[str, Any]):
     if "eval_every" in train_kw:
         train_kw["eval_every"] = resolve_eval_every(train_kw["eval_every"], ft.task)
     return ft, TrainConfig(**train_kw)
-
-
-def paper_finetune(task: str) -> tuple[FinetuneConfig, TrainConfig]:
-    """The reference fine-tuning protocol (SPEC.md), with the reference code's values of the knobs where ours
-    differ: evaluation every 500 (MNLI/QQP/QNLI) / 50 / 1000 (SQuAD) steps and best dev over those evaluations only
-    (no extra one at the last step), MNLI selected on mismatched accuracy, SQuAD ``doc_stride`` as a step."""
-    spec = get_task(task)
-    every = auto_eval_every(spec.name)
-    if spec.kind == "span":
-        return (FinetuneConfig(task=spec.name, max_length=384, stride=128, stride_mode="step", batch_size=16,
-                               epochs=2.0),
-                TrainConfig(lr=3e-5, eval_every=every, eval_at_end=False, weight_decay=0.0, warmup_steps=0))
-    return (FinetuneConfig(task=spec.name, max_length=128, batch_size=32, epochs=3.0,
-                           select_split="mismatched" if spec.name == "mnli" else "matched"),
-            TrainConfig(lr=2e-5, eval_every=every, eval_at_end=False, weight_decay=0.0, warmup_steps=0))
 
 
 class FineTune:

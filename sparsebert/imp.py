@@ -9,74 +9,98 @@ counts 0.1·(k+1) after k intervals because its first pruning precedes training;
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, ClassVar, Iterator
 
 import torch
 from torch.nn.utils import parametrize
 
 from .batching import pretraining_batches
 from .evaluation import evaluate_mlm
+from .finder_base import FindContext, TrainedSpec
+from .knobs import knob
 from .masking import apply_masks, mask_params
 from .models import PretrainingModel
-from .objectives import mlm_loss_at
-from .pruning import check_sparsity, magnitude_masks
+from .objectives import ObjectiveConfig, mlm_loss_at
+from .pruning import magnitude_masks
 from .registry import prunable_modules
 from .runtime import CPU, Runtime, to_cpu
 from .ticket import Method, Ticket, TicketMeta
 
 
+#: fraction of the original weights pruned per round
+PRUNE_STEP = 0.1
+
+
 @dataclass
-class IMPConfig:
-    interval: int = field(default=2792, metadata={"help": "P: MLM steps between prunings (ref 2792; 200-1396)"})
-    prune_step: float = field(default=0.1, metadata={"help": "fraction of the original weights pruned per round"})
-    target_sparsity: float = field(default=0.9, metadata={"help": "last sparsity to reach"})
-    batch_size: int = field(default=16, metadata={"help": "sequences per step"})
-    mlm_probability: float = field(default=0.15, metadata={"help": "MLM masking rate"})
-    eval_blocks: int = field(default=64, metadata={"help": "held-out blocks for evaluation"})
-    eval_batch_size: int = field(default=16, metadata={"help": "batch size of evaluation"})
-    prune_first: bool = field(default=False, metadata={"help": (
-        "prune before each interval (the reference's code: 0.1 at step 0, sparsity 0.1(k+1) after k intervals, "
-        "0.7 costs 6P) instead of after it (ours: 0.1k after k intervals, 0.7 costs 7P)")})
-    rewind: str = field(default="pretrained", metadata={"help": (
-        "after each pruning reset the weights to the pre-trained values: pretrained (ours and the paper: encoder "
-        "and MLM head) | encoder (encoder only) | none (the reference's code: its rewind copies the trained "
-        "weights onto themselves and never touches the head)")})
-    schedule_steps: int = field(default=0, metadata={"help": (
-        "length of the linear LR decay that restarts every round (0: one interval; the reference: 2 epochs)")})
-    dense_decoder: bool = field(default=False, metadata={"help": (
-        "the MLM decoder uses the dense embedding (the reference's code) instead of the masked one")})
+class IMPSpec(TrainedSpec):
+    """Iterative magnitude pruning on MLM with rewinding: 10 % of the original weights every ``imp_interval``. The
+    spec is the config."""
+
+    method: ClassVar[Method] = Method.IMP
+    styles: ClassVar[dict[str, str]] = {"IMP": "tab:green"}
+    order: ClassVar[int] = 2
+    needs_mlm_head: ClassVar[bool] = True
+    late_fields: ClassVar[tuple[str, ...]] = ("optimizer", "weight_decay", "dense_decoder", "schedule_steps",
+                                              "prune_first", "rewind")
+    imp_interval: int = knob(2792, "MLM steps between 10 % prunings", min=1)
+    prune_first: bool = knob(False, "prune before each interval: 0.7 costs 6 intervals (the reference's code), not 7")
+    rewind: str = knob("pretrained", "after each pruning: pretrained (ours) | encoder | none (the reference's code)",
+                       choices=("pretrained", "encoder", "none"))
 
     def __post_init__(self) -> None:
-        check_sparsity(self.target_sparsity)
-        if self.rewind not in ("pretrained", "encoder", "none"):
-            raise ValueError(f"rewind must be pretrained, encoder or none, got {self.rewind!r}")
-        if self.interval < 1:
-            raise ValueError("interval must be >= 1")
-        if not 0 < self.prune_step < 1:
-            raise ValueError("prune_step must be in (0, 1)")
+        super().__post_init__()
+        if abs(round(self.sparsity * 10) - self.sparsity * 10) > 1e-6:
+            raise ValueError(f"IMP reaches multiples of 0.1 only, got sparsity {self.sparsity}")
+        if round(self.sparsity * 10) < 1:  # no pruning round: no ticket (the dense model is method 'dense')
+            raise ValueError(f"IMP needs a sparsity > 0 (0.1-0.9, a multiple of its 0.1 pruning step; the unpruned "
+                             f"model is method 'dense'), got {self.sparsity}")
+
+    @classmethod
+    def display(cls, init=None, objective=None) -> str:
+        obj = (objective or "").lower()
+        return "IMP" if obj in ("", "mlm") else f"IMP-{obj.upper()}"
+
+    def columns(self):
+        return {"init": None, "objective": "mlm", "steps": self.run_steps()}
 
     def rounds(self) -> int:
-        return int(round(self.target_sparsity / self.prune_step))
+        return int(round(self.sparsity / PRUNE_STEP))
 
-    def total_steps(self) -> int:
-        return (self.rounds() - (1 if self.prune_first else 0)) * self.interval
+    def run_steps(self) -> int:
+        """The one formula of IMP's cost: one interval per pruning round (one fewer with prune_first)."""
+        return (self.rounds() - (1 if self.prune_first else 0)) * self.imp_interval
+
+    def eval_every(self) -> int:
+        return self.imp_interval
+
+    def find(self, ctx: FindContext):
+        method = IMP(ctx.model, self, ctx.tokenizer, ctx.blocks("train"), ctx.blocks("validation")[
+            : min(ctx.eval_blocks, 32)], runtime=ctx.runtime)
+        self._train(method, self.run_steps(), ctx)
+        own = round(self.sparsity, 6)
+        for s, t in method.tickets.items():  # every sparsity passed on the way is a ticket of its own spec
+            if s != own:
+                ctx.emit(dataclasses.replace(self, sparsity=s), t)
+        return method.tickets[own]
 
 
 class IMP:
     def __init__(
-        self, model: PretrainingModel, cfg: IMPConfig, tokenizer, train_blocks: torch.Tensor,
-        eval_blocks: torch.Tensor, model_name: str, ticket_dir: str | Path | None = None, seed: int = 0,
-        runtime: Runtime = CPU,
+        self, model: PretrainingModel, spec: IMPSpec, tokenizer, train_blocks: torch.Tensor,
+        eval_blocks: torch.Tensor, ticket_dir: str | Path | None = None, runtime: Runtime = CPU,
+        eval_batch_size: int = 16,
     ):
+        """``eval_blocks``: the held-out blocks evaluated during training (all of them)."""
         if not model.head_pretrained:
             raise ValueError("IMP trains with the MLM loss and needs a pre-trained (or fitted) MLM head")
-        self.model, self.cfg, self.tokenizer, self.runtime = model, cfg, tokenizer, runtime
+        self.model, self.cfg, self.tokenizer, self.runtime = model, spec, tokenizer, runtime
         model.to(runtime.device)
-        model.dense_decoder = cfg.dense_decoder
-        self.train_blocks, self.eval_blocks = train_blocks, eval_blocks[: cfg.eval_blocks]
-        self.model_name, self.seed = model_name, seed
+        model.dense_decoder = spec.dense_decoder
+        self.train_blocks, self.eval_blocks, self.eval_batch_size = train_blocks, eval_blocks, eval_batch_size
+        self.model_name, self.seed = spec.model, spec.seed
         self.ticket_dir = Path(ticket_dir) if ticket_dir else None
         ones = {k: torch.ones_like(m.weight, dtype=torch.bool) for k, m in prunable_modules(model.base).items()}
         apply_masks(model.base, ones)
@@ -87,14 +111,14 @@ class IMP:
         self.saved: dict[float, Path] = {}
         for p in self._trainable():
             p.requires_grad_(True)
-        if cfg.prune_first:  # the reference's first pruning (of the pre-trained weights) precedes any training
+        if spec.prune_first:  # the reference's first pruning (of the pre-trained weights) precedes any training
             self.prune_and_rewind(0)
 
     def _trainable(self):
         return list(dict.fromkeys(self.model.parameters()))
 
     def sparsity(self) -> float:
-        return round(self.round * self.cfg.prune_step, 6)
+        return round(self.round * PRUNE_STEP, 6)
 
     # ---- Recipe protocol ----------------------------------------------------------------------------------------
     def parameters(self):
@@ -104,11 +128,11 @@ class IMP:
         return [self.model]
 
     def schedule_steps(self):
-        return self.cfg.schedule_steps or self.cfg.interval
+        return self.cfg.schedule_steps or self.cfg.imp_interval
 
     def batches(self, start_step: int) -> Iterator[dict[str, torch.Tensor]]:
         return pretraining_batches(self.train_blocks, self.cfg.batch_size, self.seed, start_step, self.tokenizer,
-                                   self.cfg.mlm_probability)
+                                   ObjectiveConfig().mlm_probability)
 
     def loss(self, batch: dict[str, torch.Tensor], step: int):
         with parametrize.cached():
@@ -117,14 +141,14 @@ class IMP:
         return loss, {"train_mlm_loss": loss.detach()}
 
     def after_step(self, step: int) -> bool:
-        if step % self.cfg.interval or self.round >= self.cfg.rounds():
+        if step % self.cfg.imp_interval or self.round >= self.cfg.rounds():
             return False
         self.prune_and_rewind(step)
         return True
 
     def evaluate(self, step: int) -> dict[str, float]:
         out = {"actual_sparsity": self.sparsity(), "imp_round": self.round}
-        out.update(evaluate_mlm(self.model, self.eval_blocks, self.tokenizer, self.cfg.eval_batch_size,
+        out.update(evaluate_mlm(self.model, self.eval_blocks, self.tokenizer, self.eval_batch_size,
                                 runtime=self.runtime))
         return out
 
@@ -164,7 +188,7 @@ class IMP:
                                              if k.startswith("base.")})
         meta = TicketMeta(
             model=self.model_name, method=Method.IMP, sparsity=s, objective="mlm", steps=step,
-            seed=self.seed, config={"interval": self.cfg.interval, "prune_step": self.cfg.prune_step},
+            seed=self.seed, config={"interval": self.cfg.imp_interval, "prune_step": PRUNE_STEP},
         )
         ticket = Ticket({k: m.clone() for k, m in masks.items()}, meta)
         self.tickets[s] = ticket

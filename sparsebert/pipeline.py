@@ -14,7 +14,7 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -25,6 +25,7 @@ from .kd_data import text_data
 from .evaluation import evaluate_kd, evaluate_mlm
 from .finders import DEFAULT_TEXT, FindContext, FinderSpec, finder_spec
 from .fsutil import atomic_write, file_lock, move_aside
+from .knobs import check_knobs, knob
 from .masking import apply_masks
 from .models import load_pretraining_model, load_tokenizer
 from .runtime import CPU, Runtime
@@ -41,24 +42,24 @@ logger = logging.getLogger(__name__)
 class EvalSpec:
     """How a ticket's pre-training losses (the proxy) are measured."""
 
-    eval_blocks: int = field(default=64, metadata={"help": "validation blocks for MLM/KD loss"})
-    batch_size: int = field(default=16, metadata={"help": "evaluation batch"})
-    head_steps: int = field(default=100, metadata={"help": "steps to fit an MLM head if the model has none"})
-    dense_decoder: bool = field(default=False, metadata={"help": (
-        "MLM loss with the dense pre-trained embedding as decoder (the reference's eval_mlm) instead of the masked")})
-    mlm_eval: dict = field(default_factory=dict, metadata={"help": (
-        "evaluate_mlm options, e.g. {seed: 42, reduction: batch_mean} (the reference's eval_mlm)")})
-    kd_eval: dict = field(default_factory=dict, metadata={"help": (
-        "evaluate_kd options, e.g. {exclude_padding: false, reduction: batch_mean} (the reference's eval_kd)")})
-    text: dict | None = field(default=None, metadata={"help": (
-        "held-out text (TextDataConfig fields) whose validation split the losses are measured on; None: the "
-        "space's ticket text section (the same for every variant), else the embedded default")})
+    eval_blocks: int = knob(64, "validation blocks for MLM/KD loss", min=1)
+    batch_size: int = knob(16, "evaluation batch", min=1)
+    head_steps: int = knob(100, "steps to fit an MLM head if the model has none", min=0)
+    dense_decoder: bool = knob(False, "MLM loss with the dense pre-trained embedding as decoder (the reference's)")
+    mlm_eval: dict = knob(help="evaluate_mlm options, e.g. {seed: 42, reduction: batch_mean} (the reference's)",
+                          factory=dict)
+    kd_eval: dict = knob(help="evaluate_kd options, e.g. {exclude_padding: false, reduction: batch_mean}",
+                         factory=dict)
+    text: dict | None = knob(None, "held-out text (TextDataConfig fields); None: the ticket's own text")
+
+    def __post_init__(self) -> None:
+        check_knobs(self)
 
     def text_for(self, spec: FinderSpec) -> dict:
         """The text the losses of ``spec``'s ticket are measured on."""
         if self.text is not None:
             return dict(self.text)
-        own = getattr(spec, "text", None)
+        own = spec.train_text()
         return dict(own) if own is not None else dict(DEFAULT_TEXT)
 
 
@@ -348,7 +349,7 @@ def make_ticket(
 
     ctx = FindContext(
         model=model, tokenizer=load_tokenizer(spec.model), eval_blocks=eval_spec.eval_blocks,
-        blocks=lambda split: shared.get(spec.model, spec.text, split),
+        blocks=lambda split: shared.get(spec.model, spec.train_text(), split),
         partial=store.partial_path(run) if store else None, report=report, log=log, runtime=runtime,
         emit=emit,
     )

@@ -9,20 +9,23 @@ steps and before every save (the reference), or by an exact top-k binarizer ever
 from __future__ import annotations
 
 import copy
+import dataclasses
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, ClassVar, Iterator
 
 import torch
 from torch.nn.utils import parametrize
 
 from .batching import pretraining_batches
 from .evaluation import evaluate_kd, evaluate_mlm
+from .finder_base import OBJECTIVE_NAMES, FindContext, TrainedSpec, to_enum
+from .knobs import knob, like
 from .masking import Binarizer, ScoreMask, apply_score_masks, current_masks
 from .models import PretrainingModel
 from .objectives import Objective, ObjectiveConfig, kd_loss, mlm_loss_at
-from .pruning import check_sparsity, magnitude_masks, random_masks
+from .pruning import magnitude_masks, random_masks
 from .registry import prunable_weights
 from .runtime import CPU, Runtime, to_cpu
 from .ticket import Method, Ticket, TicketMeta
@@ -33,52 +36,104 @@ class MaskInit(str, enum.Enum):
     RANDOM = "random"
 
 
-@dataclass
-class TAMTConfig:
-    """Mask-training knobs. Paper preset: :func:`paper_tamt`."""
+#: the reference's per-sparsity step budgets (matching IMP's cost), SPEC.md; ``steps: paper``
+PAPER_STEPS = {0.2: 3000, 0.3: 6000, 0.4: 8000, 0.5: 11000, 0.6: 14000, 0.7: 17000, 0.8: 20000, 0.9: 22000}
+#: the reference's "steps" study save points
+PAPER_SAVE_AT = (1000, 2000, 3000, 5000, 10000, 20000, 25000)
+#: MLM masking rate of every MLM objective
+MLM_PROBABILITY = ObjectiveConfig().mlm_probability
 
-    sparsity: float = field(default=0.7, metadata={"help": "per-matrix sparsity of the ticket"})
-    init: MaskInit = field(default=MaskInit.OMP, metadata={"help": "initial mask: omp | random"})
-    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
-    binarizer: Binarizer = field(
-        default=Binarizer.THRESHOLD,
-        metadata={"help": "threshold: 1[S>tau], tau reset every reset_every steps (reference) | topk: exact"},
-    )
-    reset_every: int = field(default=100, metadata={"help": "K: steps between threshold resets (ref 1000 MLM/100 KD)"})
-    batch_size: int = field(default=16, metadata={"help": "sequences per step (reference 16)"})
-    init_seed: int = field(default=0, metadata={"help": "seed of the random mask init"})
-    save_at: tuple[int, ...] = field(default=(), metadata={"help": "steps at which to save a ticket (plus the end)"})
-    eval_blocks: int = field(default=64, metadata={"help": "held-out blocks for the evaluation during training"})
-    eval_batch_size: int = field(default=16, metadata={"help": "batch size of evaluation"})
-    reset_at_init: bool = field(default=True, metadata={"help": (
-        "reset tau to the k-th smallest score at init (ours: tau = 0, exact sparsity from step 1) | false: tau "
-        "stays 0.01 until the first reset (the reference's code)")})
-    count_rule: str = field(default="round", metadata={"help": (
-        "pruned count per matrix at a threshold reset: round(n*s) (ours, every method) | floor: int(n*s) (the "
-        "reference's TAMT)")})
-    dense_decoder: bool = field(default=False, metadata={"help": (
-        "the MLM decoder uses the dense pre-trained embedding (the reference's code) instead of the masked one")})
-    teacher_train_mode: bool = field(default=False, metadata={"help": (
-        "run the KD teacher in train mode, dropout on (the reference's code) instead of eval mode")})
-    schedule_steps: int = field(default=0, metadata={"help": (
-        "length of the linear LR decay (0: the run's last step; the reference decays over 2 epochs of its data)")})
-    head_lr: float | None = field(default=None, metadata={
-        "help": "lr of the MLM head in TAMT-MLM (None: the scores' lr, as the reference); short budgets that raise "
-                "the scores' lr should keep the head's small, or the mask fits a head that evaluation does not use"})
+
+@dataclass
+class TAMTSpec(TrainedSpec):
+    """Task-agnostic mask training: scores over frozen weights, MLM / KD / MLM+KD loss. The spec is the config."""
+
+    method: ClassVar[Method] = Method.TAMT
+    styles: ClassVar[dict[str, str]] = {"TAMT-MLM": "tab:red", "TAMT-KD": "tab:blue", "TAMT-MLM+KD": "tab:purple"}
+    order: ClassVar[int] = 1
+    late_fields: ClassVar[tuple[str, ...]] = ("optimizer", "weight_decay", "dense_decoder", "reset_at_init",
+                                              "count_rule", "teacher_train_mode")
+    init: MaskInit = knob(MaskInit.OMP, "initial mask: omp | random")
+    objective: Objective = like(ObjectiveConfig, "objective")
+    steps: int | str = knob(100, "optimizer steps, or 'paper': the reference's budget for the sparsity", min=0)
+    binarizer: Binarizer = knob(Binarizer.THRESHOLD, "threshold (reference) | topk")
+    reset_every: int = knob(100, "steps between threshold resets", min=1)
+    mlm_weight: float = like(ObjectiveConfig, "mlm_weight")
+    kd_weight: float = like(ObjectiveConfig, "kd_weight")
+    head_lr: float | None = knob(None, "TAMT-MLM: lr of the MLM head (None: lr)", above=0)
+    reset_at_init: bool = knob(True, "tau reset to the k-th smallest score at init (false: the reference's 0.01)")
+    count_rule: str = knob("round", "pruned count: round(n*s) (ours) | floor: int(n*s) (the reference's)",
+                           choices=("round", "floor"))
+    teacher_train_mode: bool = knob(False, "KD teacher with dropout on (the reference's)")
+    save_at: list = knob(help="steps at which the run also stores a ticket (each its own spec)", factory=list)
 
     def __post_init__(self) -> None:
-        check_sparsity(self.sparsity)
-        self.init = MaskInit(self.init)
-        if isinstance(self.objective, dict):
-            self.objective = ObjectiveConfig(**self.objective)
-        if self.binarizer not in [b.value for b in Binarizer]:
-            raise ValueError(f"binarizer must be 'threshold' or 'topk', got {self.binarizer!r}")
-        self.binarizer = Binarizer(self.binarizer)
-        if self.reset_every < 1:
-            raise ValueError("reset_every must be >= 1")
-        self.save_at = tuple(sorted(int(s) for s in self.save_at))
-        if self.count_rule not in ("round", "floor"):
-            raise ValueError(f"count_rule must be 'round' or 'floor', got {self.count_rule!r}")
+        self.init = to_enum(MaskInit, self.init, "init")
+        self.objective = to_enum(Objective, self.objective, "objective")
+        self.binarizer = to_enum(Binarizer, self.binarizer, "binarizer")
+        if self.steps == "paper":
+            if round(self.sparsity, 1) not in PAPER_STEPS:
+                raise ValueError(f"steps 'paper' is defined for sparsity 0.2-0.9, got {self.sparsity}")
+            self.steps = PAPER_STEPS[round(self.sparsity, 1)]
+        if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 0:
+            raise ValueError(f"steps must be a non-negative integer or 'paper', got {self.steps!r}")
+        if not isinstance(self.save_at, (list, tuple)) or not all(
+                isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in self.save_at):
+            raise ValueError(f"save_at steps must be >= 1, got {self.save_at}")
+        self.save_at = sorted(set(self.save_at))
+        super().__post_init__()
+
+    @classmethod
+    def display(cls, init=None, objective=None) -> str:
+        obj = (objective or "").lower()
+        name = OBJECTIVE_NAMES.get(obj, obj.upper())
+        return (f"TAMT-{name}" if name else "TAMT") + (" (random init)" if (init or "omp").lower() == "random" else "")
+
+    @property
+    def needs_mlm_head(self) -> bool:  # type: ignore[override]
+        return self.objective.uses_mlm
+
+    def run_steps(self) -> int:
+        return max([self.steps, *self.save_at]) if self.steps in self.save_at else self.steps
+
+    def run_spec(self) -> "TAMTSpec":
+        return dataclasses.replace(self, steps=self.run_steps())
+
+    def horizon(self) -> int:
+        """Where the linear LR decay reaches 0: schedule_steps, else the end of the run."""
+        return self.schedule_steps or self.run_steps()
+
+    def canonical(self) -> dict[str, Any]:
+        d = super().canonical()
+        if self.horizon() != self.steps:  # a snapshot of a longer schedule is another ticket than a run ending here
+            d["schedule_steps"] = self.horizon()
+        return d
+
+    def _in_id(self, name: str) -> bool:
+        if name in ("save_at", "schedule_steps"):  # save points add outputs; the horizon enters via canonical()
+            return False
+        if name in ("mlm_weight", "kd_weight"):
+            return self.objective is Objective.MLM_KD
+        if name == "head_lr":  # absent unless it matters: ids of tickets made before it existed stay valid
+            return self.objective is not Objective.KD and self.head_lr is not None
+        return super()._in_id(name)
+
+    def columns(self):
+        return {"init": self.init.value, "objective": self.objective.value, "steps": self.steps}
+
+    def eval_every(self) -> int:
+        return max(self.steps // 4, 1)
+
+    def find(self, ctx: FindContext):
+        steps = self.run_steps()
+
+        def snapshot(step: int, ticket: Ticket) -> None:
+            ctx.emit(dataclasses.replace(self, steps=step), ticket)
+
+        method = TAMT(ctx.model, self, ctx.tokenizer, ctx.blocks("train"), ctx.blocks("validation")[
+            : min(ctx.eval_blocks, 32)], runtime=ctx.runtime, on_snapshot=snapshot)
+        self._train(method, steps, ctx)
+        return method.ticket(steps)
 
 
 class TAMT:
@@ -87,22 +142,24 @@ class TAMT:
     def __init__(
         self,
         model: PretrainingModel,
-        cfg: TAMTConfig,
+        spec: TAMTSpec,
         tokenizer,
         train_blocks: torch.Tensor,
         eval_blocks: torch.Tensor,
-        model_name: str,
         ticket_dir: str | Path | None = None,
-        seed: int = 0,
         runtime: Runtime = CPU,
         on_snapshot=None,
+        eval_batch_size: int = 16,
     ):
+        """``eval_blocks``: the held-out blocks evaluated during training (all of them)."""
         self.on_snapshot = on_snapshot  # (step, Ticket) for every save_at step: a sibling ticket, stored at once
-        self.model, self.cfg, self.tokenizer, self.runtime = model, cfg, tokenizer, runtime
-        self.train_blocks, self.eval_blocks = train_blocks, eval_blocks[: cfg.eval_blocks]
-        self.model_name, self.seed = model_name, seed
+        self.model, self.cfg, self.tokenizer, self.runtime = model, spec, tokenizer, runtime
+        self.train_blocks, self.eval_blocks, self.eval_batch_size = train_blocks, eval_blocks, eval_batch_size
+        self.model_name, self.seed = spec.model, spec.seed
+        self.save_at = {s for s in spec.save_at if s < spec.run_steps()}  # the run's last step is its own ticket
         self.ticket_dir = Path(ticket_dir) if ticket_dir else None
-        self.objective = cfg.objective.objective
+        self.objective = spec.objective
+        cfg = spec
         if self.objective.uses_mlm and not model.head_pretrained:
             raise ValueError("TAMT-MLM needs a pre-trained (or fitted) MLM head; see sparsebert.mlm_head")
         for p in model.parameters():
@@ -113,7 +170,7 @@ class TAMT:
         if cfg.init is MaskInit.OMP:
             init = magnitude_masks(weights, cfg.sparsity)
         else:
-            init = random_masks({n: w.shape for n, w in weights.items()}, cfg.sparsity, cfg.init_seed)
+            init = random_masks({n: w.shape for n, w in weights.items()}, cfg.sparsity, cfg.seed)
         self.scores: dict[str, ScoreMask] = apply_score_masks(model.base, init, cfg.sparsity, cfg.binarizer,
                                                               cfg.reset_at_init, cfg.count_rule)
         model.dense_decoder = cfg.dense_decoder
@@ -145,11 +202,11 @@ class TAMT:
     def batches(self, start_step: int) -> Iterator[dict[str, torch.Tensor]]:
         """CPU batches: the block slice, MLM-masked here (seeded by the step) when the objective uses MLM."""
         return pretraining_batches(self.train_blocks, self.cfg.batch_size, self.seed, start_step,
-                                   self.tokenizer if self.objective.uses_mlm else None,
-                                   self.cfg.objective.mlm_probability, static_positions=self.static)
+                                   self.tokenizer if self.objective.uses_mlm else None, MLM_PROBABILITY,
+                                   static_positions=self.static)
 
     def loss(self, batch: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        oc, ids = self.cfg.objective, batch["input_ids"]
+        oc, ids = self.cfg, batch["input_ids"]
         self.runtime.mark_step()
         with parametrize.cached():  # each masked matrix (incl. the tied decoder) computed once per step
             out = self.step_model(ids, attention_mask=batch.get("attention_mask"),
@@ -172,17 +229,17 @@ class TAMT:
     def after_step(self, step: int) -> bool:
         if self.cfg.binarizer == "threshold" and step % self.cfg.reset_every == 0:
             self.reset_thresholds()
-        if step in self.cfg.save_at:
+        if step in self.save_at:
             self.save_ticket(step)
         return False
 
     def evaluate(self, step: int) -> dict[str, float]:
         out: dict[str, float] = {"actual_sparsity": self.actual_sparsity()}
         if self.teacher is not None:
-            out.update(evaluate_kd(self.model, self.teacher, self.eval_blocks, self.cfg.eval_batch_size,
+            out.update(evaluate_kd(self.model, self.teacher, self.eval_blocks, self.eval_batch_size,
                                    runtime=self.runtime))
         if self.model.head_pretrained:
-            out.update(evaluate_mlm(self.model, self.eval_blocks, self.tokenizer, self.cfg.eval_batch_size,
+            out.update(evaluate_mlm(self.model, self.eval_blocks, self.tokenizer, self.eval_batch_size,
                                     runtime=self.runtime))
         return out
 
@@ -216,7 +273,7 @@ class TAMT:
         meta = TicketMeta(
             model=self.model_name, method=Method.TAMT, sparsity=self.cfg.sparsity,
             init=self.cfg.init.value, objective=self.objective.value, steps=step, seed=self.seed,
-            config=_jsonable(self.cfg),
+            config=self.cfg.canonical(),
         )
         return Ticket(current_masks(self.model.base), meta)
 
@@ -235,37 +292,3 @@ class TAMT:
         if self.ticket_dir is not None:
             self.saved[step] = t.save(self.ticket_dir / f"step{step}")
         return t
-
-
-def _jsonable(obj) -> Any:
-    import dataclasses
-
-    if dataclasses.is_dataclass(obj):
-        return {f.name: _jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, enum.Enum):
-        return obj.value
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(x) for x in obj]
-    return obj
-
-
-#: the reference's per-sparsity step budgets (matching IMP's cost), SPEC.md
-PAPER_STEPS = {0.2: 3000, 0.3: 6000, 0.4: 8000, 0.5: 11000, 0.6: 14000, 0.7: 17000, 0.8: 20000, 0.9: 22000}
-#: the reference's "steps" study save points
-PAPER_SAVE_AT = (1000, 2000, 3000, 5000, 10000, 20000, 25000)
-
-
-def paper_tamt(objective: str, sparsity: float, init: str = "omp"):
-    """The reference configuration (SPEC.md): returns (TAMTConfig, TrainConfig)."""
-    from .training import TrainConfig
-
-    obj = Objective(objective)
-    cfg = TAMTConfig(
-        sparsity=sparsity, init=MaskInit(init), objective=ObjectiveConfig(objective=obj),
-        binarizer="threshold", reset_every=100 if obj is Objective.KD else 1000, batch_size=16,
-    )
-    train = TrainConfig(
-        steps=PAPER_STEPS.get(round(sparsity, 1), 22000), lr=2e-5 if obj is Objective.KD else 5e-5,
-        weight_decay=0.0, grad_clip=1.0, schedule="linear", warmup_steps=0, eval_every=1000,
-    )
-    return cfg, train

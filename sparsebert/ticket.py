@@ -40,40 +40,14 @@ META_FILE = "ticket.json"
 
 
 class Method(str, enum.Enum):
-    """How a ticket was found."""
+    """How a ticket was found: one member per finder (its spec is registered in :data:`sparsebert.finders.SPECS`,
+    which carries its labels, colours and figure order)."""
 
     DENSE = "dense"
     OMP = "omp"
     RANDOM = "random"
     IMP = "imp"
     TAMT = "tamt"
-
-
-OBJECTIVE_NAMES = {"mlm": "MLM", "kd": "KD", "mlm_kd": "MLM+KD", "mlm+kd": "MLM+KD"}
-
-
-def _text(v: Any) -> str | None:
-    """A label part from a value that may be an enum, None, NaN or '' (results frames hold all of these)."""
-    if v is None or (isinstance(v, float) and v != v):
-        return None
-    s = str(v.value if isinstance(v, enum.Enum) else v).strip()
-    return None if s == "" or s.lower() in ("none", "nan", "null", "<na>") else s
-
-
-def method_label(method: Any, init: Any = None, objective: Any = None) -> str:
-    """The one display label of a ticket's method: Dense, OMP, Random, IMP, TAMT-MLM, TAMT-KD, TAMT-MLM+KD, with
-    ' (random init)' for TAMT from a random mask. Used by trial names, results rows, tables and figures."""
-    m = (_text(method) or "?").lower()
-    obj = (_text(objective) or "").lower()
-    obj_name = OBJECTIVE_NAMES.get(obj, obj.upper())
-    if m in ("dense", "omp", "random"):
-        return {"dense": "Dense", "omp": "OMP", "random": "Random"}[m]
-    if m == "imp":
-        return "IMP" if obj in ("", "mlm") else f"IMP-{obj_name}"
-    if m == "tamt":
-        lab = f"TAMT-{obj_name}" if obj_name else "TAMT"
-        return lab + (" (random init)" if (_text(init) or "omp").lower() == "random" else "")
-    return m.upper()
 
 
 class TicketError(ValueError):
@@ -85,7 +59,7 @@ class TicketMeta:
     """Everything needed to say where a ticket came from."""
 
     model: str = field(metadata={"help": "source model (hub name, local dir or 'embedded-minilm')"})
-    method: Method = field(metadata={"help": "dense | omp | random | imp | tamt"})
+    method: Method = field(metadata={"help": " | ".join(m.value for m in Method)})
     sparsity: float = field(metadata={"help": "fraction of prunable weights removed"})
     init: str | None = field(default=None, metadata={"help": "TAMT mask init: omp | random"})
     objective: str | None = field(default=None, metadata={"help": "TAMT/IMP objective: mlm | kd | mlm_kd"})
@@ -98,8 +72,7 @@ class TicketMeta:
         "help": "device type and precision it was found and evaluated in (not part of the ticket id)"})
     created: float = field(default_factory=time.time)
     mask_sha256: str | None = field(default=None, metadata={
-        "help": "sha256 of mask.safetensors, written by Ticket.save and checked by every load (None: a ticket saved "
-                "before the checksum existed)"})
+        "help": "sha256 of mask.safetensors, checked by every load (None: saved before checksums)"})
 
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -17,7 +17,7 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
 
@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from .fsutil import move_aside
+from .knobs import check_knobs, knob
 from .runtime import CPU, Runtime, prefetch, to_cpu
 
 CHECKPOINT_FILE = "trainer.pt"
@@ -37,34 +38,22 @@ Report = Callable[[dict[str, Any], Callable[[Path], None]], None]
 class TrainConfig:
     """Optimisation and bookkeeping knobs shared by every method."""
 
-    steps: int = field(default=100, metadata={"help": "optimizer steps in total"})
-    lr: float = field(default=2e-5, metadata={"help": "peak learning rate (AdamW)"})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
-    grad_clip: float = field(default=1.0, metadata={"help": "max global grad norm (0 = off)"})
-    warmup_steps: int = field(default=0, metadata={"help": "linear warm-up steps"})
-    schedule: str = field(default="linear", metadata={"help": "linear (decay to 0) | constant"})
-    schedule_steps: int = field(
-        default=0, metadata={"help": "length of the linear decay (0 = steps; the reference decays over 2 epochs)"}
-    )
-    eval_every: int = field(default=50, metadata={"help": "evaluate (and report) every E steps; 0 = only at end"})
-    eval_at_end: bool = field(default=True, metadata={"help": (
-        "true (ours): the last step's evaluation is a best-dev candidate even off the eval_every cadence. false "
-        "(reference glue_trans.py/squad_trans.py: best_score is updated only at global_step % logging_steps == 0; "
-        "the final evaluate() after training is recorded but not compared): an off-cadence last step is still "
-        "evaluated and reported, as evaluate(step, track_best=False)")})
-    log_every: int = field(default=10, metadata={"help": "progress line every N steps (0 = silent)"})
-    seed: int = field(default=0, metadata={"help": "seed of data order, masking and dropout"})
-    optimizer: str = field(default="adamw", metadata={"help": (
-        "adamw (ours) | bertadam (the reference's mask training: no bias correction, eps 1e-6, grad_clip applied "
-        "per tensor inside the optimizer instead of over all parameters)")})
+    steps: int = knob(100, "optimizer steps in total", min=0)
+    lr: float = knob(2e-5, "peak learning rate", above=0)
+    weight_decay: float = knob(0.0, "weight decay (the reference's BertAdam: 0.01)", min=0)
+    grad_clip: float = knob(1.0, "max global grad norm (0: off)", min=0)
+    warmup_steps: int = knob(0, "linear warm-up steps", min=0)
+    schedule: str = knob("linear", "linear (decay to 0) | constant", choices=("linear", "constant"))
+    schedule_steps: int = knob(0, "length of the linear LR decay (0: the run; the reference: 2 epochs)", min=0)
+    eval_every: int = knob(50, "evaluate (and report) every N steps; 0: only at the end", min=0)
+    eval_at_end: bool = knob(True, "the last step's evaluation is a best-dev candidate (false: the reference's)")
+    log_every: int = knob(10, "progress line every N steps (0: silent)", min=0)
+    seed: int = knob(0, "seed of data order, masking and dropout")
+    optimizer: str = knob("adamw", "adamw (ours) | bertadam (the reference's mask training)",
+                          choices=("adamw", "bertadam"))
 
     def __post_init__(self) -> None:
-        if self.optimizer not in ("adamw", "bertadam"):
-            raise ValueError(f"optimizer must be 'adamw' or 'bertadam', got {self.optimizer!r}")
-        if self.steps < 0:
-            raise ValueError(f"steps must be >= 0, got {self.steps}")
-        if self.schedule not in ("linear", "constant"):
-            raise ValueError(f"schedule must be 'linear' or 'constant', got {self.schedule!r}")
+        check_knobs(self)
 
 
 class Recipe(Protocol):

@@ -106,6 +106,8 @@ def test_models_that_are_there_pass(tmp_path, capsys, executed, monkeypatch):
     local = tmp_path / "local_model"
     local.mkdir()
     (local / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    (local / "model.safetensors").write_bytes(b"")  # a model dir needs weights and a tokenizer too (issue 20)
+    (local / "vocab.txt").write_text("[PAD]\n")
     cache = _fake_hub_cache(tmp_path / "hf", "acme/cached-bert")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
     for i, model in enumerate(("embedded-minilm", str(local), "acme/cached-bert")):
@@ -271,3 +273,100 @@ def test_an_empty_variants_list_is_refused(smoke, tmp_path, capsys, executed):
     code, storage = _run(tmp_path, _space(tmp_path, variants=[]), *(["--smoke"] if smoke else []))
     _refused(capsys, code, storage, "bad.yaml: variants: an empty list; omit the key for a single ticket")
     assert not executed
+
+
+# ---------------------------------------------------------------------------------------------------- 5. every value
+# issue 20 item 4: each value is checked once, by type and range (its knob's one definition), before anything is
+# created; each of these passed validation (or --dry-run) before and failed inside a trial, or never
+
+def _set(section: str, **values):
+    def change(d: dict) -> None:
+        d[section] = {**(d.get(section) or {}), **values}
+    return change
+
+
+def _variants(*variants):
+    def change(d: dict) -> None:
+        d["variants"] = [{"method": "omp"}, *variants]
+    return change
+
+
+BAD_VALUES = [
+    ("reset_every", _set("ticket", reset_every=0), "ticket.reset_every: reset_every must be >= 1, got 0"),
+    ("imp_interval", lambda d: (_set("ticket", imp_interval=0)(d), _variants({"method": "imp"})(d)),
+     "ticket.imp_interval: imp_interval must be >= 1, got 0"),
+    ("transfer_batch_size", _set("transfer", batch_size=0), "transfer.batch_size: batch_size must be >= 1, got 0"),
+    ("transfer_lr_negative", _set("transfer", lr=-1), "transfer.lr: lr must be > 0, got -1"),
+    ("transfer_lr_text", _set("transfer", lr="abc"), "transfer.lr: lr must be a number, got 'abc'"),
+    ("ticket_lr_text", _set("ticket", lr="banana"), "ticket.lr: lr must be a number, got 'banana'"),
+    ("max_steps", _set("transfer", max_steps=-3), "transfer.max_steps: max_steps must be >= 0, got -3"),
+    ("metric", _set("tune", metric="scroe"), "tune.metric: 'scroe' is not reported by a transfer trial; valid: "),
+    ("ticket_batch_size", _set("ticket", batch_size=0), "ticket.batch_size: batch_size must be >= 1, got 0"),
+    ("eval_blocks", _set("eval", eval_blocks=0), "eval.eval_blocks: eval_blocks must be >= 1, got 0"),
+    ("max_length", _set("transfer", max_length=0), "transfer.max_length: max_length must be >= 1, got 0"),
+    ("weight_decay", _set("ticket", weight_decay="x"), "ticket.weight_decay: weight_decay must be a number, got 'x'"),
+    ("transfer_lr_grid", _set("transfer", lr={"grid": [1.0e-4, -1.0e-4]}), "transfer.lr: lr must be > 0"),
+    ("cpu", _set("resources", cpu=100), "resources.cpu: 100 per trial, but this machine has "),
+    ("omp_lr", _variants({"method": "omp", "lr": 1}), "variants[1].lr: method 'omp' does not use it; its keys: "
+                                                      "['method', 'model', 'scope', 'sparsity']"),
+    ("imp_steps", _variants({"method": "imp", "steps": 5000}), "variants[1].steps: method 'imp' does not use it"),
+    ("dense_imp_interval", _variants({"method": "dense", "sparsity": 0.0, "imp_interval": 7}),
+     "variants[1].imp_interval: method 'dense' does not use it; its keys: ['method', 'model', 'sparsity']"),
+]
+
+
+@pytest.mark.parametrize("change,message", [c[1:] for c in BAD_VALUES], ids=[c[0] for c in BAD_VALUES])
+def test_a_bad_value_is_refused_before_anything_is_created(change, message, tmp_path, capsys, executed):
+    d = yaml.safe_load((REPO / "search_spaces/demo.yaml").read_text())
+    change(d)
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml.safe_dump(d))
+    code, storage = _run(tmp_path, p)
+    _refused(capsys, code, storage, f"bad.yaml: {message}")
+    if not message.startswith("resources."):  # a dry run refuses it too (the machine check only notes there)
+        code, storage = _run(tmp_path, p, "--dry-run")
+        _refused(capsys, code, storage, f"bad.yaml: {message}")
+    assert not executed
+
+
+def test_the_metric_names_are_what_trials_report():
+    from search_spaces.checks import task_metrics
+    from sparsebert.finetune import FinetuneConfig
+    from sparsebert.tasks import get_task
+
+    assert {"accuracy", "f1"} <= task_metrics("mrpc") and "matthews_correlation" in task_metrics("cola")
+    assert {"validation_matched/accuracy", "validation_mismatched/accuracy"} <= task_metrics("mnli")
+    assert task_metrics("squad") == {"exact_match", "f1"}
+    assert get_task(FinetuneConfig().task).main_metric in task_metrics(FinetuneConfig().task)
+
+
+def test_a_shared_ticket_section_may_hold_keys_for_its_other_variants(tmp_path, capsys, executed):
+    code, _ = _run(tmp_path, _space(tmp_path, variants=[{"method": "omp"}, {"method": "tamt", "objective": "kd"}]))
+    assert code == 0, capsys.readouterr().err  # demo's ticket: lr, steps, reset_every: TAMT's, not OMP's
+
+
+def test_a_duplicate_yaml_key_is_refused_naming_key_and_line(tmp_path, capsys, executed):
+    text = (REPO / "search_spaces/demo.yaml").read_text().replace("  max_steps: 60\n", "  max_steps: 60\n  lr: 1.0e-4\n")
+    lines = text.splitlines()
+    first, second = [i + 1 for i, line in enumerate(lines) if line.startswith("  lr: ")][-2:]
+    p = tmp_path / "bad.yaml"
+    p.write_text(text)
+    code, storage = _run(tmp_path, p)
+    _refused(capsys, code, storage, f"bad.yaml: line {second}: malformed YAML: duplicate key 'lr' (first on line "
+                                    f"{first})")
+    assert not executed
+
+
+def test_a_model_dir_without_weights_or_tokenizer_is_refused_before_space_json(tmp_path, capsys, executed):
+    model = tmp_path / "only_config"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    code, storage = _run(tmp_path, _space(tmp_path, model=str(model)))
+    _refused(capsys, code, storage, f"bad.yaml: model: {model}: a directory without weights (none of "
+                                    "model.safetensors, pytorch_model.bin")
+    (model / "model.safetensors").write_bytes(b"")
+    code, storage = _run(tmp_path, _space(tmp_path, model=str(model)))
+    _refused(capsys, code, storage, f"bad.yaml: model: {model}: a directory without tokenizer (none of tokenizer.json")
+    (model / "vocab.txt").write_text("[PAD]\n")
+    code, storage = _run(tmp_path, _space(tmp_path, model=str(model)))
+    assert code == 0 and len(executed) == 1, capsys.readouterr().err

@@ -12,15 +12,14 @@ import torch.nn.functional as F
 from search_spaces.smoke import smoke_model_dir
 from sparsebert.data import TextDataConfig, tokenized_blocks
 from sparsebert.finders import TAMTSpec, finder_spec
-from sparsebert.imp import IMP, IMPConfig
+from sparsebert.imp import IMP, IMPSpec
 from sparsebert.masking import ScoreMask, apply_score_masks, num_pruned
 from sparsebert.models import load_pretraining_model
-from sparsebert.objectives import ObjectiveConfig
 from sparsebert.optim import BertAdam
 from sparsebert.pipeline import EvalSpec, SharedText, TicketStore, evaluate_ticket
 from sparsebert.pruning import magnitude_masks, omp_ticket
 from sparsebert.registry import prunable_weights, weight_of
-from sparsebert.tamt import TAMT, TAMTConfig
+from sparsebert.tamt import TAMT
 from sparsebert.ticket import Ticket
 from sparsebert.training import TrainConfig, train
 
@@ -39,9 +38,9 @@ def blocks(tok):
 
 
 def make_tamt(model_dir, tok, blocks, **kw):
-    obj = kw.pop("objective", "mlm")
-    cfg = TAMTConfig(sparsity=0.5, batch_size=4, eval_blocks=4, objective=ObjectiveConfig(objective=obj), **kw)
-    return TAMT(load_pretraining_model(model_dir), cfg, tok, blocks[0], blocks[1], model_dir)
+    kw.setdefault("objective", "mlm")
+    spec = TAMTSpec(model=model_dir, sparsity=0.5, batch_size=4, **kw)
+    return TAMT(load_pretraining_model(model_dir), spec, tok, blocks[0], blocks[1][:4])
 
 
 def test_dense_decoder_uses_the_unmasked_embedding_and_changes_the_mlm_loss(model_dir, tok, blocks):
@@ -111,20 +110,19 @@ def test_bertadam_has_no_bias_correction_and_clips_per_tensor():
 
 
 def test_imp_as_the_reference_prunes_first_and_never_rewinds(model_dir, tok, blocks):
-    cfg = dict(interval=2, target_sparsity=0.3, batch_size=4, eval_blocks=4)
-    ours = IMPConfig(**cfg)
-    ref = IMPConfig(**cfg, prune_first=True, rewind="none")
-    assert (ours.total_steps(), ref.total_steps()) == (6, 4)  # 0.3 costs 3 intervals, the reference's 2
+    cfg = dict(model=model_dir, imp_interval=2, sparsity=0.3, batch_size=4)
+    ours = IMPSpec(**cfg)
+    ref = IMPSpec(**cfg, prune_first=True, rewind="none")
+    assert (ours.run_steps(), ref.run_steps()) == (6, 4)  # 0.3 costs 3 intervals, the reference's 2
     assert finder_spec({"method": "imp", "sparsity": 0.7, "imp_interval": 200, "prune_first": True}).columns()[
         "steps"] == 1200  # its README: 200 x 6
-    imp = IMP(load_pretraining_model(model_dir), ref, tok, blocks[0], blocks[1], model_dir)
+    imp = IMP(load_pretraining_model(model_dir), ref, tok, blocks[0], blocks[1][:4])
     assert imp.round == 1 and 0.1 in imp.tickets  # pruned before any training
-    train(imp, TrainConfig(steps=ref.total_steps(), lr=1e-2, eval_every=0, log_every=0))
+    train(imp, TrainConfig(steps=ref.run_steps(), lr=1e-2, eval_every=0, log_every=0))
     assert sorted(imp.tickets) == [0.1, 0.2, 0.3]
     w = {k: v for k, v in imp.model.state_dict().items() if k.endswith("original")}
     assert any(not torch.equal(w[k], imp.pretrained[k]) for k in w)  # no rewind: trained weights kept
-    enc = IMP(load_pretraining_model(model_dir), IMPConfig(**cfg, rewind="encoder"), tok, blocks[0], blocks[1],
-              model_dir)
+    enc = IMP(load_pretraining_model(model_dir), IMPSpec(**cfg, rewind="encoder"), tok, blocks[0], blocks[1][:4])
     train(enc, TrainConfig(steps=2, lr=1e-2, eval_every=0, log_every=0))
     state = enc.model.state_dict()
     assert all(torch.equal(state[k], enc.pretrained[k]) for k in state if k.startswith("base."))

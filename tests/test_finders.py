@@ -7,12 +7,12 @@ import dataclasses
 
 import pytest
 
-from sparsebert.finders import SPECS, IMPSpec, OMPSpec, TAMTSpec, finder_spec
+from sparsebert.finders import SPECS, IMPSpec, OMPSpec, TAMTSpec, finder_spec, method_label
 from sparsebert.masking import Binarizer
 from sparsebert.objectives import Objective
 from sparsebert.pipeline import EvalSpec, SharedText, TicketStore, make_ticket
 from sparsebert.pruning import Scope
-from sparsebert.ticket import Method, Ticket, method_label
+from sparsebert.ticket import Method, Ticket
 
 # Ticket ids address tickets already in users' stores: a refactor must not move them. These are the ids the
 # previous single-record FinderSpec gave (computed with it before it was replaced).

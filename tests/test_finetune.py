@@ -9,8 +9,8 @@ import torch
 from transformers import AutoModel
 
 from helpers import read_pairs, write_mnli, write_qqp
-from sparsebert.finetune import (FineTune, FinetuneConfig, auto_eval_every, paper_finetune, selection_score,
-                                  split_transfer)
+from search_spaces.presets import apply_preset
+from sparsebert.finetune import FineTune, FinetuneConfig, auto_eval_every, selection_score, split_transfer
 from sparsebert.pruning import omp_ticket
 from sparsebert.registry import prunable_weights
 from sparsebert.task_tensors import TaskTensors, epoch_batches, train_batches
@@ -117,11 +117,16 @@ def test_batches_resume_exactly_and_cover_every_row_once_per_epoch(buckets):
         assert torch.cat(per_epoch[0]).tolist() == torch.randperm(23, generator=torch.Generator().manual_seed(1)).tolist()
 
 
+def reference_transfer(task: str):
+    """The transfer configs of ``preset: reference`` (the one definition of the reference; paper_finetune is gone)."""
+    return split_transfer(apply_preset({"preset": "reference", "stage": "transfer", "transfer": {"task": task}}))
+
+
 def test_paper_preset_and_bad_task():
-    cfg, tc = paper_finetune("mnli")
+    cfg, tc = reference_transfer("mnli")
     assert (cfg.batch_size, cfg.max_length, cfg.epochs, tc.lr, tc.eval_every) == (32, 128, 3.0, 2e-5, 500)
-    cfg, tc = paper_finetune("squad")
-    assert (cfg.batch_size, cfg.max_length, cfg.stride, cfg.epochs, tc.lr) == (16, 384, 128, 2.0, 3e-5)
+    cfg, tc = reference_transfer("squad")
+    assert (cfg.stride, tc.eval_every) == (128, 1000)
     with pytest.raises(ValueError, match="mnli"):
         FinetuneConfig(task="nosuchtask")
 
@@ -218,10 +223,9 @@ def test_eval_at_end_false_needs_a_recipe_that_can_skip_best():
 
 def test_paper_preset_carries_the_reference_knobs():
     for task, every in (("mnli", 500), ("qqp", 500), ("qnli", 500), ("rte", 50), ("squad", 1000)):
-        cfg, tc = paper_finetune(task)
+        cfg, tc = reference_transfer(task)
         assert tc.eval_every == every and tc.eval_at_end is False
-        assert cfg.select_split == ("mismatched" if task == "mnli" else "matched")
-        assert cfg.stride_mode == ("step" if task == "squad" else "overlap")
+        assert cfg.select_split == "mismatched" and cfg.stride_mode == "step"  # each read by its own task only
     # our defaults are unchanged
     assert (FinetuneConfig().select_split, FinetuneConfig().stride_mode, TrainConfig().eval_at_end) == \
         ("matched", "overlap", True)

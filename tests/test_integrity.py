@@ -18,8 +18,7 @@ from sparsebert.finders import IMPSpec, OMPSpec, TAMTSpec
 from sparsebert.models import load_pretraining_model
 from sparsebert.pipeline import EvalSpec, SharedText, TicketStore, make_ticket
 from sparsebert.pruning import omp_ticket
-from sparsebert.tamt import TAMT, TAMTConfig
-from sparsebert.objectives import ObjectiveConfig
+from sparsebert.tamt import TAMT
 from sparsebert.data import TextDataConfig, tokenized_blocks
 from sparsebert.ticket import MASK_FILE, META_FILE, Ticket, TicketError, TicketMeta, Method, read_masks
 from sparsebert.training import CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE, TrainConfig, checkpoint_step, \
@@ -247,9 +246,8 @@ def blocks(tok):
 
 
 def _tamt(tiny, tok, blocks):
-    cfg = TAMTConfig(objective=ObjectiveConfig(objective="kd"), sparsity=0.5, batch_size=4, eval_blocks=8,
-                     reset_every=2)
-    return TAMT(load_pretraining_model(tiny), cfg, tok, blocks[0], blocks[1], tiny, seed=3)
+    spec = TAMTSpec(model=tiny, objective="kd", sparsity=0.5, batch_size=4, reset_every=2, seed=3)
+    return TAMT(load_pretraining_model(tiny), spec, tok, blocks[0], blocks[1][:8])
 
 
 def _checkpoint_at(step, tiny, tok, blocks, directory, tc):

@@ -8,8 +8,7 @@ import pytest
 from sparsebert.data import TextDataConfig, tokenized_blocks
 from sparsebert.mlm_head import HeadFitConfig, load_or_fit_head
 from sparsebert.models import load_pretraining_model, load_tokenizer
-from sparsebert.objectives import ObjectiveConfig
-from sparsebert.tamt import TAMT, TAMTConfig
+from sparsebert.tamt import TAMT, TAMTSpec
 from sparsebert.training import TrainConfig, train
 
 pytestmark = pytest.mark.slow
@@ -37,9 +36,8 @@ def head_file(tok):
 
 def _tamt(objective, tok, blocks, head_file=None):
     model = load_pretraining_model(MODEL, mlm_head=str(head_file) if head_file else None)
-    cfg = TAMTConfig(sparsity=0.7, objective=ObjectiveConfig(objective=objective), reset_every=10, batch_size=8,
-                     eval_blocks=64)
-    return TAMT(model, cfg, tok, blocks[0], blocks[1], MODEL)
+    spec = TAMTSpec(model=MODEL, sparsity=0.7, objective=objective, reset_every=10, batch_size=8)
+    return TAMT(model, spec, tok, blocks[0], blocks[1][:64])
 
 
 def test_fitted_head_is_far_better_than_a_random_one(tok, blocks, head_file):

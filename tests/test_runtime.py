@@ -13,15 +13,14 @@ from transformers import AutoModel
 
 from sparsebert.data import TextDataConfig, tokenized_blocks
 from sparsebert.finetune import FineTune, FinetuneConfig
-from sparsebert.imp import IMP, IMPConfig
+from sparsebert.imp import IMP, IMPSpec
 from sparsebert.masking import mask_params
 from sparsebert.models import load_pretraining_model
-from sparsebert.objectives import ObjectiveConfig
 from sparsebert.pruning import omp_ticket
 from sparsebert.registry import prunable_weights
 from sparsebert.runtime import (CPU, DeviceUnavailable, Runtime, RuntimeConfig, prefetch, resolve,
                                 resolve_device)
-from sparsebert.tamt import TAMT, TAMTConfig
+from sparsebert.tamt import TAMT, TAMTSpec
 from sparsebert.task_tensors import epoch_batches
 from sparsebert.training import TrainConfig, load_checkpoint, train
 
@@ -38,9 +37,8 @@ def blocks(tok):
 
 
 def make_tamt(tiny, tok, blocks, runtime, objective="mlm_kd", **kw):
-    cfg = TAMTConfig(objective=ObjectiveConfig(objective=objective), sparsity=0.5, batch_size=4, eval_blocks=8,
-                     reset_every=2, **kw)
-    return TAMT(load_pretraining_model(tiny), cfg, tok, blocks[0], blocks[1], tiny, runtime=runtime)
+    spec = TAMTSpec(model=tiny, objective=objective, sparsity=0.5, batch_size=4, reset_every=2, **kw)
+    return TAMT(load_pretraining_model(tiny), spec, tok, blocks[0], blocks[1][:8], runtime=runtime)
 
 
 # ---- resolution -------------------------------------------------------------------------------------------------
@@ -116,8 +114,8 @@ def _autocast_loss(t, rt):
 def test_imp_in_bf16_prunes_and_rewinds(tiny, tok, blocks):
     model = load_pretraining_model(tiny)
     model.head_pretrained = True  # a tiny model's random head stands in for a pre-trained one
-    imp = IMP(model, IMPConfig(interval=2, target_sparsity=0.2, batch_size=4, eval_blocks=8), tok, blocks[0],
-              blocks[1], tiny, runtime=BF16)
+    imp = IMP(model, IMPSpec(model=tiny, imp_interval=2, sparsity=0.2, batch_size=4), tok, blocks[0],
+              blocks[1][:8], runtime=BF16)
     out = train(imp, TrainConfig(steps=4, lr=1e-3, eval_every=2, log_every=0))
     assert sorted(imp.tickets) == [0.1, 0.2] and out["mlm_loss"] > 0
     assert all(p.mask.dtype == torch.float32 for p in mask_params(model.base).values())

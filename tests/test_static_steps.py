@@ -13,11 +13,11 @@ from sparsebert.data import TextDataConfig, tokenized_blocks
 from sparsebert.finetune import FineTune, FinetuneConfig
 from sparsebert.masking import ScoreMask, has_masks
 from sparsebert.models import load_pretraining_model
-from sparsebert.objectives import ObjectiveConfig, mlm_loss_at
+from sparsebert.objectives import mlm_loss_at
 from sparsebert.pruning import omp_ticket
 from sparsebert.registry import prunable_weights
 from sparsebert.runtime import Runtime
-from sparsebert.tamt import TAMT, TAMTConfig
+from sparsebert.tamt import TAMT, TAMTSpec
 from sparsebert.task_tensors import TaskTensors, epoch_batches, shape_count, train_batches
 from sparsebert.training import TrainConfig, train
 
@@ -181,9 +181,8 @@ def test_mlm_masking_builds_its_collator_once_per_run_and_masks_as_before(tiny, 
 
 
 def test_tamt_bf16_casts_frozen_weights_once_and_holds_the_teacher_in_bf16(tiny, tok, blocks):
-    cfg = TAMTConfig(objective=ObjectiveConfig(objective="mlm_kd"), sparsity=0.5, batch_size=4, eval_blocks=4,
-                     reset_every=2)
-    t = TAMT(load_pretraining_model(tiny), cfg, tok, blocks[0], blocks[1], tiny, runtime=BF16)
+    cfg = TAMTSpec(model=tiny, objective="mlm_kd", sparsity=0.5, batch_size=4, reset_every=2)
+    t = TAMT(load_pretraining_model(tiny), cfg, tok, blocks[0], blocks[1][:4], runtime=BF16)
     assert all(p.dtype == torch.bfloat16 for p in t.teacher.parameters())
     copies = []
     for _ in range(2):
@@ -195,6 +194,6 @@ def test_tamt_bf16_casts_frozen_weights_once_and_holds_the_teacher_in_bf16(tiny,
     assert copies[0] is copies[1] and copies[0].dtype == torch.bfloat16  # one cast, reused
     out = train(t, TrainConfig(steps=4, lr=1e-2, eval_every=2, log_every=0))
     assert 0 <= out["kd_loss"] < 1 and out["mlm_loss"] > 0
-    fp32 = TAMT(load_pretraining_model(tiny), cfg, tok, blocks[0], blocks[1], tiny)
+    fp32 = TAMT(load_pretraining_model(tiny), cfg, tok, blocks[0], blocks[1][:4])
     out32 = train(fp32, TrainConfig(steps=4, lr=1e-2, eval_every=2, log_every=0))
     assert abs(out["kd_loss"] - out32["kd_loss"]) < 0.05 and abs(out["mlm_loss"] - out32["mlm_loss"]) < 0.2

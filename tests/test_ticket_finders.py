@@ -7,13 +7,12 @@ import torch
 
 from sparsebert.data import TextDataConfig, tokenized_blocks
 from sparsebert.evaluation import evaluate_kd, evaluate_mlm
-from sparsebert.imp import IMP, IMPConfig
+from sparsebert.imp import IMP, IMPSpec
 from sparsebert.masking import mask_params, num_pruned
 from sparsebert.models import load_pretraining_model
-from sparsebert.objectives import ObjectiveConfig
 from sparsebert.pruning import magnitude_masks
 from sparsebert.registry import prunable_weights
-from sparsebert.tamt import TAMT, MaskInit, TAMTConfig, paper_tamt
+from sparsebert.tamt import TAMT, MaskInit, TAMTSpec
 from sparsebert.ticket import Method, Ticket
 from sparsebert.training import TrainConfig, train
 
@@ -26,11 +25,10 @@ def blocks(tok):
 
 def make_tamt(tiny, tok, blocks, tmp_path=None, seed=0, **kw):
     kw.setdefault("batch_size", 4)
-    kw.setdefault("eval_blocks", 16)
-    obj = kw.pop("objective", "mlm")
-    cfg = TAMTConfig(objective=ObjectiveConfig(objective=obj), **kw)
+    kw.setdefault("objective", "mlm")
+    spec = TAMTSpec(model=tiny, seed=seed, **kw)
     model = load_pretraining_model(tiny)
-    return TAMT(model, cfg, tok, blocks[0], blocks[1], tiny, ticket_dir=tmp_path, seed=seed)
+    return TAMT(model, spec, tok, blocks[0], blocks[1][:16], ticket_dir=tmp_path)
 
 
 def _frozen(model):
@@ -145,8 +143,8 @@ def test_imp_prunes_ten_percent_per_interval_and_rewinds(tiny, tok, blocks, tmp_
     model = load_pretraining_model(tiny)
     pretrained = {k: v.detach().clone() for k, v in prunable_weights(model.base).items()}
     head = {k: v.detach().clone() for k, v in model.head_state().items()}
-    imp = IMP(model, IMPConfig(interval=3, target_sparsity=0.3, batch_size=4, eval_blocks=8), tok, blocks[0],
-              blocks[1], tiny, ticket_dir=tmp_path)
+    imp = IMP(model, IMPSpec(model=tiny, imp_interval=3, sparsity=0.3, batch_size=4), tok, blocks[0],
+              blocks[1][:8], ticket_dir=tmp_path)
     seen = []
     original = imp.prune_and_rewind
 
@@ -161,7 +159,7 @@ def test_imp_prunes_ten_percent_per_interval_and_rewinds(tiny, tok, blocks, tmp_
         return ticket
 
     imp.prune_and_rewind = checked
-    train(imp, TrainConfig(steps=imp.cfg.total_steps(), lr=1e-2, eval_every=0, log_every=0))
+    train(imp, TrainConfig(steps=imp.cfg.run_steps(), lr=1e-2, eval_every=0, log_every=0))
     assert seen == [(3, 0.1), (6, 0.2), (9, 0.3)]
     prev = None
     for s in (0.1, 0.2, 0.3):
@@ -185,14 +183,15 @@ def test_evaluation_is_deterministic(tiny, tok, blocks):
     assert evaluate_kd(m, teacher, blocks[1])["kd_loss"] == pytest.approx(0.0, abs=1e-6)  # same model
 
 
-def test_paper_preset_and_bad_config():
-    cfg, tc = paper_tamt("kd", 0.7)
-    assert (cfg.reset_every, cfg.batch_size, tc.lr, tc.steps, cfg.init) == (100, 16, 2e-5, 17000, MaskInit.OMP)
-    cfg, tc = paper_tamt("mlm", 0.5)
-    assert (cfg.reset_every, tc.lr, tc.steps, tc.grad_clip, tc.weight_decay) == (1000, 5e-5, 11000, 1.0, 0.0)
+def test_paper_budget_and_bad_config():
+    # the reference's TAMT-KD budget is the spec's default (tamt.paper_tamt is gone: the preset is the reference)
+    spec, tc = TAMTSpec(objective="kd", sparsity=0.7, steps="paper"), TrainConfig()
+    assert (spec.reset_every, spec.batch_size, spec.lr, spec.steps, spec.init) == (100, 16, 2e-5, 17000, MaskInit.OMP)
+    spec = TAMTSpec(objective="mlm", sparsity=0.5, steps="paper")
+    assert (spec.steps, tc.grad_clip, spec.weight_decay) == (11000, 1.0, 0.0)
     with pytest.raises(ValueError, match="sparsity"):
-        TAMTConfig(sparsity=1.2)
+        TAMTSpec(sparsity=1.2)
     with pytest.raises(ValueError, match="binarizer"):
-        TAMTConfig(binarizer="sigmoid")
+        TAMTSpec(binarizer="sigmoid")
     with pytest.raises(ValueError):
-        TAMTConfig(init="magnitude")
+        TAMTSpec(init="magnitude")
