@@ -18,7 +18,7 @@ from typing import Iterator
 
 import torch
 
-from .batching import epoch_permutation
+from .batching import epoch_permutation, pair_generator
 
 MODEL_COLUMNS = ("input_ids", "attention_mask", "token_type_ids")
 TARGET_COLUMNS = ("labels", "start_positions", "end_positions")
@@ -87,7 +87,7 @@ def epoch_batches(lengths: torch.Tensor, batch_size: int, seed: int, epoch: int,
     if batch_size < 1 or buckets < 1:
         raise ValueError(f"batch_size and buckets must be >= 1, got {batch_size}, {buckets}")
     perm = epoch_permutation(len(lengths), seed, epoch)
-    g = torch.Generator().manual_seed(int(seed) + int(epoch) + 7919)  # the order of the bucketed batches
+    g = pair_generator("buckets", seed, epoch)  # the order of the bucketed batches
     if buckets == 1:
         return list(perm.split(batch_size))
     out: list[torch.Tensor] = []
