@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -121,6 +122,9 @@ def test_pbt_smoke_perturbs_and_a_clone_trains_from_the_donors_weights_at_its_ow
     df = pd.read_parquet(exp / "results.parquet")
     assert len(df) == space.tune["num_samples"] and (df["status"] == "TERMINATED").all()  # no trial errors
     assert df["error"].isna().all()
+    for _, row in df.iterrows():  # every row names the MLM head its ticket's mlm_loss was measured with
+        meta = json.loads((Path(row.ticket_path) / "ticket.json").read_text())
+        assert len(row.mlm_head_sha256) == 64 and row.mlm_head_sha256 == meta["metrics"]["mlm_head_sha256"]
 
     # pbt_global.txt: [trial tag, donor tag, trial iteration, donor iteration, donor config, new config] per exploit
     exploits = [json.loads(line) for line in (exp / "pbt_global.txt").read_text().splitlines()]
