@@ -55,7 +55,7 @@ def main() -> None:
         if only and label not in only:
             return
         for name, (knobs, es) in configs.items():
-            s = finder_spec({**knobs, **{k: v for k, v in spec.canonical().items() if k != "method"},
+            s = finder_spec({**knobs, **{k: v for k, v in spec.canonical().items() if k not in ("method", "data_order")},
                              "method": spec.method.value}) if knobs else spec
             t0 = time.perf_counter()
             ticket, made = store.get_or_make(s, es, shared, log=quiet)

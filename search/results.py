@@ -18,7 +18,7 @@ from .trial_list import ticket_config
 #: per-trial columns taken from the trial's last report (besides every numeric metric as ``metric/<name>``)
 RESULT_COLUMNS = ("label", "ticket_id", "ticket_path", "mlm_loss", "kd_loss", "kd_loss_mse", "task", "score", "best_score",
                   "time_total_s", "training_iteration", "startup_s", "find_s", "ticket_made", "cached", "step",
-                  "total_steps", "device", "precision")
+                  "total_steps", "device", "precision", "mlm_head_sha256")
 TICKET_KEYS = ("model", "method", "init", "objective", "sparsity", "steps")
 CONFIG = "config/"
 

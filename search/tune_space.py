@@ -82,7 +82,7 @@ def scheduler(space: Space):
         muts.setdefault(sec, {})[name] = _to_tune(v, False) if _is_dim(v) else v
     return PopulationBasedTraining(time_attr="training_iteration",
                                    perturbation_interval=s.get("perturbation_interval", 2),
-                                   hyperparam_mutations=muts)
+                                   hyperparam_mutations=muts, synch=bool(s.get("synch", False)))
 
 
 def searcher(space: Space):

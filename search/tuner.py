@@ -134,9 +134,21 @@ def _console(space) -> dict:
     return {"verbose": 0, "callbacks": [LiveView(space.metric, space.mode)]}
 
 
+def checkpoint_config(space):
+    """Which checkpoints Tune keeps. Without PBT the last one is enough (resume). Under PBT all of them: a trial
+    in the lower quantile is restarted from the path of a donor's checkpoint, but it may wait (paused, or pending
+    for a free slot) while the donor reports on, and the donor's checkpoint manager deletes by its own count
+    (``num_to_keep``) with no knowledge of that pending clone ("Could not recover from checkpoint as it does not
+    exist on storage anymore"). No finite count is safe, so none is deleted: the disk holds every report's
+    checkpoint of every trial (model + optimizer each); the experiment directory can be pruned once it is done."""
+    from ray.tune import CheckpointConfig
+
+    return CheckpointConfig(num_to_keep=None if space.tune["scheduler"]["type"] == "pbt" else 1)
+
+
 def build_tuner(space, exp_dir: Path, storage: str, name: str, store_root: Path, shared, max_concurrent):
     from ray import tune
-    from ray.tune import CheckpointConfig, FailureConfig, RunConfig
+    from ray.tune import FailureConfig, RunConfig
 
     from .tune_space import param_space, scheduler, searcher
 
@@ -152,8 +164,7 @@ def build_tuner(space, exp_dir: Path, storage: str, name: str, store_root: Path,
         run_config=RunConfig(
             name=name, storage_path=storage, **_console(space),
             failure_config=FailureConfig(max_failures=space.tune["max_failures"]),
-            # PBT exploits other trials' checkpoints: keep a few; otherwise the last one is enough
-            checkpoint_config=CheckpointConfig(num_to_keep=4 if space.tune["scheduler"]["type"] == "pbt" else 1),
+            checkpoint_config=checkpoint_config(space),
         ),
     )
 

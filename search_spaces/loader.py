@@ -181,6 +181,8 @@ def validate(path: Path, raw: dict[str, Any]) -> Space:
     ce = raw.get("checkpoint_every", 1)
     if not isinstance(ce, int) or ce < 1:
         raise _err(path, "checkpoint_every", "must be an integer >= 1")
+    if ce != 1 and tune_cfg["scheduler"]["type"] == "pbt":  # PBT clones a trial's latest report's checkpoint
+        raise _err(path, "checkpoint_every", "pbt clones the checkpoint of a trial's latest report: use 1")
     space = Space(path=path, name=path.stem, raw=raw, stage=stage, ticket=ticket, variants=variants,
                   transfer=transfer, eval=ev, tune=tune_cfg, resources={"cpu": 1, **resources}, checkpoint_every=ce,
                   runtime=runtime)
@@ -268,6 +270,11 @@ def _validate_tune(path, t, stage, has_variants, ticket, transfer) -> dict[str, 
             sec, _, name = k.partition(".")
             if sec not in ("transfer", "ticket") or not name:
                 raise _err(path, f"tune.scheduler.hyperparam_mutations.{k}", "use section.key, e.g. transfer.lr")
+        pi = sched.get("perturbation_interval", 2)
+        if isinstance(pi, bool) or not isinstance(pi, int) or pi < 1:
+            raise _err(path, "tune.scheduler.perturbation_interval", f"must be an integer >= 1 (reports), got {pi!r}")
+        if not isinstance(sched.get("synch", False), bool):
+            raise _err(path, "tune.scheduler.synch", f"must be true or false, got {sched['synch']!r}")
     n = t.get("num_samples", 1)
     if not isinstance(n, int) or n < 1:
         raise _err(path, "tune.num_samples", "must be an integer >= 1")

@@ -14,6 +14,7 @@ from .space import _is_dim
 SMOKE_TICKET = {"steps": 4, "batch_size": 4, "imp_interval": 2, "reset_every": 2}
 SMOKE_TRANSFER = {"max_steps": 4, "subset_size": 32, "max_eval_examples": 32, "batch_size": 8, "max_length": 64,
                   "eval_every": 2}
+SMOKE_PBT = {"num_samples": 2, "max_steps": 12, "perturbation_interval": 2}
 
 
 def smoke_model_dir() -> Path:
@@ -80,6 +81,13 @@ def shrink(raw: dict[str, Any]) -> dict[str, Any]:
         # a smoke transfer trial reports twice (4 steps, eval every 2); a smoke TAMT trial 5 times (every step of 4,
         # then its ticket): a find trial cut at max_t makes no ticket
         t["scheduler"] = {**sched, "grace_period": 1, "max_t": 2 if raw.get("stage", "transfer") == "transfer" else 5}
+    if isinstance(sched, dict) and sched.get("type") == "pbt":
+        # a population that perturbs: 2 trials (the lower one clones the upper one), 6 reports each (12 steps,
+        # eval every 2) against an interval of 2 reports
+        t["num_samples"] = SMOKE_PBT["num_samples"]
+        t["scheduler"] = {**sched, "perturbation_interval": SMOKE_PBT["perturbation_interval"]}
+        if raw.get("transfer"):
+            raw["transfer"]["max_steps"] = SMOKE_PBT["max_steps"]
     raw["tune"] = t
     gpu = (raw.get("resources") or {}).get("gpu", 0)
     import torch

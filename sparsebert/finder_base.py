@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
+from .batching import DATA_ORDER
 from .data import TextDataConfig
 from .knobs import check_knobs, knob, like
 from .pruning import check_sparsity
@@ -157,6 +158,11 @@ class TrainedSpec(FinderSpec):
 
     def train_text(self) -> dict:
         return self.text
+
+    def canonical(self) -> dict[str, Any]:
+        # the data order the run draws its batches in (sparsebert.batching.DATA_ORDER): a ticket trained in
+        # another order is another ticket; the ids of tickets trained in order 1 (no key) are not matched any more
+        return {**super().canonical(), "data_order": DATA_ORDER}
 
     def eval_every(self) -> int:
         raise NotImplementedError

@@ -3,6 +3,12 @@
 The encoder stays frozen (run under ``no_grad``); the head's transform and bias train with the MLM loss; the
 decoder is the word-embedding matrix. The fitted head is cached (safetensors) and used as "the original head" for
 every ticket of that model, so MLM losses of different tickets are comparable.
+
+A fit is a function of its inputs (model, text, :class:`HeadFitConfig`): the head it starts from is drawn from the
+config's seed (:func:`init_head`), not from torch's global RNG when the model was loaded (which depends on whatever
+ran before in the process: two fits differed by up to 0.12 in the transform's weight), and the batches and masking
+are functions of (seed, step). The same inputs give the same head bit for bit on one machine (same torch, same
+thread count). :func:`head_sha256` names a head; every ticket and result row records the one its MLM loss used.
 """
 
 from __future__ import annotations
@@ -13,13 +19,18 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
+from torch import nn
 
 from .batching import pretraining_batches
 from .models import PretrainingModel, load_head, resolve, save_head
 from .objectives import mlm_loss_at
 from .runtime import CPU, Runtime, to_cpu
 from .ticket import config_hash
-from .training import TrainConfig, train
+from .training import TrainConfig, state_sha256, train
+
+#: the fit's version in the cache key: 2 = seeded head init and the hashed (seed, epoch) data order (issue 20);
+#: heads cached by version 1 (unseeded init) are not reused
+HEAD_FIT_VERSION = 2
 
 
 @dataclass
@@ -72,11 +83,37 @@ class HeadFit:
         self.model.load_head_state(state, "MLM-head checkpoint")
 
 
+def init_head(model: PretrainingModel, seed: int) -> None:
+    """Re-draw the head's own tensors from ``seed`` alone, as transformers initialises a missing BERT/RoBERTa head
+    (linear weights ~ N(0, initializer_range), biases 0, LayerNorm 1 / 0); the decoder (the word embedding) is
+    left alone. Modules in their registration order, one CPU generator: the same on every device."""
+    g = torch.Generator().manual_seed(int(seed))
+    std = float(getattr(model.config, "initializer_range", 0.02))
+    with torch.no_grad():
+        for name, mod in model.head.named_modules():
+            if "decoder" in name:
+                continue
+            if isinstance(mod, nn.Linear):
+                mod.weight.copy_(torch.randn(mod.weight.shape, generator=g) * std)
+                if mod.bias is not None:
+                    mod.bias.zero_()
+            elif isinstance(mod, nn.LayerNorm):
+                mod.weight.fill_(1.0)
+                mod.bias.zero_()
+        model._bias().zero_()
+
+
+def head_sha256(model: PretrainingModel) -> str:
+    """sha256 of the model's MLM head (its :meth:`~sparsebert.models.PretrainingModel.head_state`: names, dtypes,
+    shapes and bytes): which head an MLM loss was measured with."""
+    return state_sha256(model.head_state())
+
+
 def head_cache_path(model_name: str, data_id: str, cfg: HeadFitConfig) -> Path:
     from .fsutil import cache_root
 
     key = config_hash({"model": str(Path(resolve(model_name)).resolve()) if Path(resolve(model_name)).exists()
-                       else model_name, "data": data_id, **cfg.__dict__})
+                       else model_name, "data": data_id, **cfg.__dict__, "fit_version": HEAD_FIT_VERSION})
     return cache_root() / "mlm_heads" / f"{key}.safetensors"
 
 
@@ -102,6 +139,7 @@ def load_or_fit_head(
 def _fit_and_save(model, model_name, tokenizer, blocks, cfg, path, log, runtime: Runtime = CPU) -> None:
     (log or print)(f"fitting an MLM head for {model_name} ({cfg.steps} steps, encoder frozen, "
                    f"{runtime.describe()}) -> {path}")
+    init_head(model, cfg.seed)  # not the random head transformers drew from the global RNG at load time
     train(HeadFit(model, tokenizer, blocks, cfg, runtime), TrainConfig(steps=cfg.steps, lr=cfg.lr, eval_every=0,
                                                                log_every=max(cfg.steps // 5, 1), seed=cfg.seed))
     save_head(model, path)

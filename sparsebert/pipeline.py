@@ -27,6 +27,7 @@ from .finders import DEFAULT_TEXT, FindContext, FinderSpec, finder_spec
 from .fsutil import atomic_write, file_lock, move_aside
 from .knobs import check_knobs, knob
 from .masking import apply_masks
+from .mlm_head import head_sha256
 from .models import load_pretraining_model, load_tokenizer
 from .runtime import CPU, Runtime
 from .ticket import Method, Ticket, TicketError, check_address, check_fits, config_hash
@@ -381,9 +382,10 @@ def _drop_partial(partial: Path, log: Callable[[str], None]) -> None:
 def evaluate_ticket(
     ticket: Ticket, spec: FinderSpec, eval_spec: EvalSpec, shared: SharedText, log: Callable = print,
     runtime: Runtime = CPU,
-) -> dict[str, float]:
+) -> dict[str, float | str]:
     """MLM loss (fixed masking, the original/fitted head) and KD losses (vs the dense model) on validation blocks:
-    ``kd_loss`` (= ``kd_loss_cos``, ours) and ``kd_loss_mse`` (the reference's full_mse).
+    ``kd_loss`` (= ``kd_loss_cos``, ours) and ``kd_loss_mse`` (the reference's full_mse); ``mlm_head_sha256``
+    names the head the MLM loss was measured with (:func:`sparsebert.mlm_head.head_sha256`).
 
     ``eval_spec.mlm_eval`` / ``eval_spec.kd_eval`` (optional dicts, read with getattr) are passed to
     :func:`evaluate_mlm` (``seed``, ``reduction``, ``mlm_probability``) and :func:`evaluate_kd`
@@ -392,6 +394,7 @@ def evaluate_ticket(
     tok = load_tokenizer(spec.model)
     blocks = shared.get(spec.model, eval_spec.text_for(spec), "validation")[: eval_spec.eval_blocks]
     model = ensure_head(spec, eval_spec, shared, log, runtime)
+    head = head_sha256(model)  # the head the MLM loss is measured with (the checkpoint's or the fitted one)
     model.dense_decoder = eval_spec.dense_decoder
     teacher = copy.deepcopy(model.base).to(runtime.device)
     if ticket.meta.method is not Method.DENSE:
@@ -403,4 +406,5 @@ def evaluate_ticket(
     out.update(evaluate_mlm(model, blocks, tok, eval_spec.batch_size, runtime=runtime, **mlm_kw))
     out.update(evaluate_kd(model, teacher, blocks, eval_spec.batch_size, runtime=runtime, **kd_kw))
     out["eval_blocks"] = int(len(blocks))
+    out["mlm_head_sha256"] = head
     return out

@@ -24,7 +24,7 @@ from typing import Iterator
 
 import torch
 
-from .batching import epoch_permutation
+from .batching import epoch_permutation, pair_generator
 
 MODEL_COLUMNS = ("input_ids", "attention_mask", "token_type_ids")
 TARGET_COLUMNS = ("labels", "start_positions", "end_positions")
@@ -101,7 +101,7 @@ def epoch_batches(lengths: torch.Tensor, batch_size: int, seed: int, epoch: int,
     if batch_size < 1 or buckets < 1:
         raise ValueError(f"batch_size and buckets must be >= 1, got {batch_size}, {buckets}")
     perm = epoch_permutation(len(lengths), seed, epoch)
-    g = torch.Generator().manual_seed(int(seed) + int(epoch) + 7919)  # the order of the bucketed batches
+    g = pair_generator("buckets", seed, epoch)  # the order of the bucketed batches
     if buckets == 1:
         return _filled(list(perm.split(batch_size)), perm, batch_size) if fill_last else list(perm.split(batch_size))
     out: list[torch.Tensor] = []

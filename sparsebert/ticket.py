@@ -67,7 +67,8 @@ class TicketMeta:
     steps: int = field(default=0, metadata={"help": "training steps spent finding the ticket"})
     seed: int = field(default=0, metadata={"help": "random seed"})
     config: dict[str, Any] = field(default_factory=dict, metadata={"help": "full finder config"})
-    metrics: dict[str, float] = field(default_factory=dict, metadata={"help": "e.g. mlm_loss, kd_loss"})
+    metrics: dict[str, float | str] = field(default_factory=dict, metadata={
+        "help": "e.g. mlm_loss, kd_loss; mlm_head_sha256: the MLM head the mlm_loss was measured with"})
     runtime: dict[str, str] = field(default_factory=dict, metadata={
         "help": "device type and precision it was found and evaluated in (not part of the ticket id)"})
     created: float = field(default_factory=time.time)

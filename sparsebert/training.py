@@ -10,6 +10,7 @@ directory continues exactly (optimizer, scheduler, RNG, method state; the data o
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import inspect
 import logging
 import math
@@ -217,6 +218,46 @@ def load_resume_checkpoint(
     return None, None
 
 
+def apply_hyperparameters(opt: torch.optim.Optimizer, sched, own: list[dict[str, Any]]) -> None:
+    """After a checkpoint's optimizer and scheduler state are loaded (moments, step, schedule position), put back
+    the run's own hyperparameters: ``own`` holds each param group's settings as built from this run's config
+    (lr, weight decay, betas, ...). The loaded state carries those of the run that wrote it: under PBT a trial
+    resumes from another trial's checkpoint with a mutated config, which must win. The peak rate becomes the
+    group's ``initial_lr`` and the scheduler's ``base_lrs``; the current rate is the schedule's factor at the
+    restored position times that peak. A resume with an unchanged config sets exactly the values it loaded."""
+    if len(own) != len(opt.param_groups):
+        raise ValueError(f"checkpoint has {len(opt.param_groups)} param groups, the run {len(own)}")
+    for group, mine in zip(opt.param_groups, own):
+        peak = mine.get("initial_lr", mine["lr"])
+        group.update({k: v for k, v in mine.items() if k != "lr"})
+        group["initial_lr"] = peak
+    sched.base_lrs = [g["initial_lr"] for g in opt.param_groups]
+    lrs = [base * fn(sched.last_epoch) for base, fn in zip(sched.base_lrs, sched.lr_lambdas)]
+    for group, lr in zip(opt.param_groups, lrs):
+        group["lr"] = lr
+    sched._last_lr = lrs
+
+
+def state_sha256(state: Any) -> str:
+    """sha256 of a (nested) state dict's tensors and values, in key order: a fingerprint of weights (e.g. to show
+    which checkpoint a run resumed from)."""
+    h = hashlib.sha256()
+
+    def feed(key: str, v: Any) -> None:
+        if isinstance(v, dict):
+            for k in sorted(v, key=str):
+                feed(f"{key}/{k}", v[k])
+        elif isinstance(v, torch.Tensor):
+            t = v.detach().cpu().contiguous().reshape(-1)
+            h.update(f"{key}:{t.dtype}:{tuple(t.shape)}".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        else:
+            h.update(f"{key}={v!r}".encode())
+
+    feed("", state)
+    return h.hexdigest()
+
+
 def print_progress(prefix: str = "") -> Callable[[str], None]:
     def log(msg: str) -> None:
         print(f"{prefix}{msg}", file=sys.stderr, flush=True)
@@ -260,15 +301,18 @@ def train(
     if state is not None:  # None after resume_from: its checkpoint was unreadable (warned), a fresh start
         method.load_state_dict(state["method"])
         params, opt, sched = _build_optim(method, cfg, total, rt)  # the method may have changed its parameters
+        own = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
+        apply_hyperparameters(opt, sched, own)
         torch.set_rng_state(state["rng"])
         if rt.device.type == "cuda" and state.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(state["cuda_rng"], rt.device)
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         step = resumed_at = int(state["step"])
-        log(f"resumed at step {step}/{cfg.steps} from {source}")
+        log(f"resumed at step {step}/{cfg.steps} from {source} (state sha256 {state_sha256(state['method'])[:16]}, "
+            f"lr {sched.get_last_lr()[0]:.3e})")
 
     def snapshot() -> dict[str, Any]:
         return {
@@ -344,6 +388,7 @@ def train(
             metrics.update(method.evaluate(step) if on_cadence or cfg.eval_at_end
                            else method.evaluate(step, track_best=False))
             metrics["steps_per_s"] = (step - step0) / max(time.perf_counter() - t0, 1e-9)
+            metrics["lr"] = float(sched.get_last_lr()[0])  # the rate of the next step (PBT may change it)
             metrics["resumed_at"] = resumed_at
             for m in method.models():
                 m.train()
@@ -352,7 +397,8 @@ def train(
     if cfg.steps == 0 or (step == cfg.steps and not metrics):
         on_cadence = step == 0 or bool(cfg.eval_every and step % cfg.eval_every == 0)
         metrics = {"step": step, **(method.evaluate(step) if on_cadence or cfg.eval_at_end
-                                    else method.evaluate(step, track_best=False))}
+                                    else method.evaluate(step, track_best=False)),
+                   "lr": float(sched.get_last_lr()[0]), "resumed_at": resumed_at}
         if report is not None:
             report(metrics, write_checkpoint)
     return metrics

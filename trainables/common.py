@@ -130,7 +130,7 @@ def ticket_columns(spec: FinderSpec, ticket_path: Path | None, metrics: dict[str
         **spec.columns(), "ticket_seed": getattr(spec, "seed", 0), "ticket_id": spec.ticket_id,
         "ticket_path": str(ticket_path) if ticket_path else None,
         "mlm_loss": metrics.get("mlm_loss"), "kd_loss": metrics.get("kd_loss"),
-        "kd_loss_mse": metrics.get("kd_loss_mse"),
+        "kd_loss_mse": metrics.get("kd_loss_mse"), "mlm_head_sha256": metrics.get("mlm_head_sha256"),
     }
 
 
