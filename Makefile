@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 data: setup
-	$(PY) -m sparsebert.embedded prepare
+	$(PY) -m sparsebert.prepare
 
 demo: data
 	$(PY) run_search.py run search_spaces/demo.yaml $(DEMO_ARGS)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from sparsebert.finders import label_order
-from sparsebert.ticket import Method
+from sparsebert.tickets.finders import label_order
+from sparsebert.tickets.ticket import Method
 
 #: name -> description of every column of the tidy and average tables (``metric/<name>``: one per metric).
 COLUMNS: dict[str, str] = {

@@ -13,7 +13,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-from sparsebert.finders import figure_order, label_colours  # noqa: E402
+from sparsebert.tickets.finders import figure_order, label_colours  # noqa: E402
 
 from .results_io import stopped_mask  # noqa: E402
 

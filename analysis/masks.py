@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from sparsebert.ticket import MASK_FILE, mask_file as _mask_file  # noqa: F401  (the one ticket format)
+from sparsebert.tickets.ticket import MASK_FILE, mask_file as _mask_file  # noqa: F401  (the one ticket format)
 
 MaskLike = Union[Mapping[str, Any], str, os.PathLike]
 

@@ -21,7 +21,7 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
-from sparsebert.finders import method_label  # noqa: F401  (re-exported)
+from sparsebert.tickets.finders import method_label  # noqa: F401  (re-exported)
 
 # re-exported: the names this module held before it was split (report, tests and users import them from here)
 from .columns import COLUMNS  # noqa: F401

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sparsebert.finders import method_label
-from sparsebert.ticket import META_FILE, read_meta
+from sparsebert.tickets.finders import method_label
+from sparsebert.tickets.ticket import META_FILE, read_meta
 
 from . import masks as M
 from .results_io import TICKET_FIELDS, _col, _first_valid, _isnull, _norm_str, _stage

@@ -47,13 +47,13 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from readme_section import Recorder  # noqa: E402
 from gpu_steps import MINILM, bench_padding, bench_steps, stand_in_tokenizer  # noqa: E402
 
-from sparsebert.models import PretrainingModel, load_tokenizer  # noqa: E402
-from sparsebert.batching import mlm_batch, mlm_positions_cap, step_generator  # noqa: E402
-from sparsebert.objectives import mlm_loss_at  # noqa: E402
-from sparsebert.runtime import Runtime, RuntimeConfig, resolve as resolve_runtime  # noqa: E402
-from sparsebert.tamt import TAMT, TAMTSpec  # noqa: E402
-from sparsebert.task_tensors import TaskTensors  # noqa: E402
-from sparsebert.training import TrainConfig, train  # noqa: E402
+from sparsebert.models.loading import PretrainingModel, load_tokenizer  # noqa: E402
+from sparsebert.text.batching import mlm_batch, mlm_positions_cap, step_generator  # noqa: E402
+from sparsebert.models.objectives import mlm_loss_at  # noqa: E402
+from sparsebert.engine.runtime import Runtime, RuntimeConfig, resolve_runtime  # noqa: E402
+from sparsebert.tickets.tamt import TAMT, TAMTSpec  # noqa: E402
+from sparsebert.transfer.task_tensors import TaskTensors  # noqa: E402
+from sparsebert.engine.training import TrainConfig, train  # noqa: E402
 
 BERT_BASE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
 CPU_SHAPE = dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024)
@@ -171,7 +171,7 @@ def _tamt(shape, obj, batch, tok, blocks, rt):
 
 def finetune_worker(args) -> dict:
     """One fine-tuning process (also the unit of the packing test): steps/s over ``--seconds`` after warm-up."""
-    from sparsebert.finetune import FineTune, FinetuneConfig
+    from sparsebert.transfer.finetune import FineTune, FinetuneConfig
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     rt = resolve_runtime(RuntimeConfig(device=args.device, precision=args.precision))
@@ -203,7 +203,7 @@ def finetune_worker(args) -> dict:
         s = stamps[1:] if len(stamps) > 2 else stamps
         out[f"{name}_steps_per_s"] = 10 * (len(s) - 1) / max(s[-1] - s[0], 1e-9)
     out["polarity_padding"] = real.padding_fraction(
-        __import__("sparsebert.task_tensors", fromlist=["epoch_batches"]).epoch_batches(real.lengths, args.ft_batch,
+        __import__("sparsebert.transfer.task_tensors", fromlist=["epoch_batches"]).epoch_batches(real.lengths, args.ft_batch,
                                                                                          0, 0))
     return out
 

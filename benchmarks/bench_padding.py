@@ -28,9 +28,9 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from readme_section import Recorder  # noqa: E402
 
-from sparsebert.finetune import FineTune, FinetuneConfig  # noqa: E402
-from sparsebert.models import load_tokenizer  # noqa: E402
-from sparsebert.task_tensors import epoch_batches, eval_order, steps_per_epoch  # noqa: E402
+from sparsebert.transfer.finetune import FineTune, FinetuneConfig  # noqa: E402
+from sparsebert.models.loading import load_tokenizer  # noqa: E402
+from sparsebert.transfer.task_tensors import epoch_batches, eval_order, batches_per_epoch  # noqa: E402
 
 
 def old_batch(ds, idx, collate):
@@ -82,7 +82,7 @@ def main() -> None:
     for task in args.tasks.split(","):
         ft = FineTune(args.model, FinetuneConfig(task=task, data_dir=args.glue, batch_size=32, max_length=128), tok)
         data, dev = ft.train_t, ft.eval_t["validation"]
-        n_epoch = steps_per_epoch(len(data), 32)
+        n_epoch = batches_per_epoch(len(data), 32)
         plain = epoch_batches(data.lengths, 32, 0, 0, buckets=1)
         bucketed = epoch_batches(data.lengths, 32, 0, 0, buckets=50)
         full = {k: torch.nn.functional.pad(v, (0, 128 - v.shape[1]), value=tok.pad_token_id if k == "input_ids"

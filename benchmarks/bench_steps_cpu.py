@@ -34,12 +34,12 @@ import torch  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from sparsebert.finetune import FineTune, FinetuneConfig  # noqa: E402
-from sparsebert.models import load_tokenizer, tiny_model_dir  # noqa: E402
-from sparsebert.pruning import omp_ticket  # noqa: E402
-from sparsebert.runtime import Runtime  # noqa: E402
-from sparsebert.task_tensors import TaskTensors, shape_count  # noqa: E402
-from sparsebert.training import TrainConfig, train  # noqa: E402
+from sparsebert.transfer.finetune import FineTune, FinetuneConfig  # noqa: E402
+from sparsebert.models.loading import load_tokenizer, tiny_model_dir  # noqa: E402
+from sparsebert.tickets.pruning import omp_ticket  # noqa: E402
+from sparsebert.engine.runtime import Runtime  # noqa: E402
+from sparsebert.transfer.task_tensors import TaskTensors, shape_count  # noqa: E402
+from sparsebert.engine.training import TrainConfig, train  # noqa: E402
 
 BATCH, SEQ = 4, 16
 

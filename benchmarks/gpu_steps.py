@@ -9,10 +9,10 @@ from pathlib import Path
 
 import torch
 
-from sparsebert.models import load_tokenizer
-from sparsebert.runtime import Runtime
-from sparsebert.task_tensors import TaskTensors
-from sparsebert.training import TrainConfig, train
+from sparsebert.models.loading import load_tokenizer
+from sparsebert.engine.runtime import Runtime
+from sparsebert.transfer.task_tensors import TaskTensors
+from sparsebert.engine.training import TrainConfig, train
 
 MINILM = dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536)
 
@@ -46,9 +46,9 @@ class ClassifyStep:
     def __init__(self, data: TaskTensors, rt: Runtime, batch: int, static: bool, shape: dict = MINILM):
         from transformers import BertConfig, BertForSequenceClassification
 
-        from sparsebert.masking import GradMask, bake_ticket
-        from sparsebert.pruning import magnitude_masks
-        from sparsebert.registry import prunable_weights
+        from sparsebert.tickets.masking import GradMask, bake_ticket
+        from sparsebert.tickets.pruning import magnitude_masks
+        from sparsebert.models.registry import prunable_weights
 
         torch.manual_seed(0)
         cfg = BertConfig(vocab_size=30522, max_position_embeddings=512, num_labels=2,
@@ -69,7 +69,7 @@ class ClassifyStep:
         return None
 
     def batches(self, start):
-        from sparsebert.task_tensors import train_batches
+        from sparsebert.transfer.task_tensors import train_batches
 
         return train_batches(self.data, self.batch, 0, start, 50, multiple=32 if self.static else 0,
                              fill_last=self.static)

@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from readme_section import update  # noqa: E402
 
-from sparsebert.finders import label_order  # noqa: E402
+from sparsebert.tickets.finders import label_order  # noqa: E402
 
 TASK_ORDER = ["sst2", "cola", "stsb", "mrpc", "rte", "polarity"]
 METHOD_ORDER = label_order()  # the finder registry's table order

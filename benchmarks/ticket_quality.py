@@ -15,8 +15,8 @@ import time
 
 import torch
 
-from sparsebert.finders import FinderSpec, finder_spec
-from sparsebert.pipeline import EvalSpec, SharedText, TicketStore, evaluate_ticket
+from sparsebert.tickets.finders import FinderSpec, finder_spec
+from sparsebert.tickets.pipeline import EvalSpec, SharedText, TicketStore, evaluate_ticket
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 from typing import Callable, Iterator
 
-from sparsebert.fsutil import file_lock, read_note
+from sparsebert.engine.fsutil import file_lock, read_note
 
 DRIVER_LOCK = ".driver.lock"
 LOCK_FILES = (DRIVER_LOCK, DRIVER_LOCK + ".holder")
@@ -68,7 +68,7 @@ def clean_leftovers(exp_dir: Path, store_root: Path | None, log: Callable[[str],
 
             removed += clean_trial_dir(d)
     if store_root is not None and Path(store_root).is_dir():
-        from sparsebert.pipeline import TicketStore
+        from sparsebert.tickets.pipeline import TicketStore
 
         removed += TicketStore(store_root).clean_leftovers()
     for p in removed:

@@ -187,7 +187,7 @@ def cmd_list(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from sparsebert.ticket import TicketError
+    from sparsebert.tickets.ticket import TicketError
 
     from .tickets import export_ticket
 

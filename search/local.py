@@ -40,6 +40,8 @@ from typing import Any
 
 from search_spaces.space import Space, SpaceError
 
+from sparsebert.engine.fsutil import atomic_write
+
 from .results import fmt_duration, summarize, write_results
 
 RESULT = "result.json"
@@ -116,16 +118,14 @@ def run_trial(trial_dir: str, trial_id: str, stage: str, config: dict[str, Any],
                 break
     result = {"trial_id": trial_id, "status": "ERROR" if error else "TERMINATED", "error": error,
               "metrics": session.last, "wall_s": time.time() - t0, "attempts": attempts}
-    tmp = d / (RESULT + ".tmp")
-    tmp.write_text(json.dumps(result, default=str, indent=1))
-    os.replace(tmp, d / RESULT)
+    atomic_write(d / RESULT, json.dumps(result, default=str, indent=1).encode("utf-8"))
     return result
 
 
 def _deterministic(e: BaseException) -> bool:
     """An error a retry would only repeat (a ticket that does not fit, a data file refused): not retried."""
-    from sparsebert.tasks import TaskDataError
-    from sparsebert.ticket import TicketError
+    from sparsebert.transfer.tasks import TaskDataError
+    from sparsebert.tickets.ticket import TicketError
 
     return isinstance(e, (TicketError, TaskDataError))
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ import pandas as pd
 from search_spaces.space import Space, SpaceError
 from search_spaces.proxy_rules import check_space
 from sparsebert.proxy import ProxyRule, select
+from sparsebert.engine.fsutil import atomic_write
 
 from . import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INFRA, EXIT_INTERRUPTED
 from .results import results_frame, summarize
@@ -55,7 +55,7 @@ class _BudgetOf:
         self.budgets = budgets
 
     def __call__(self, spec) -> int:
-        from sparsebert.finders import finder_spec
+        from sparsebert.tickets.finders import finder_spec
 
         return int(self.budgets[finder_spec(dict(spec.config["ticket"])).ticket_id])
 
@@ -107,11 +107,8 @@ class _StageInterrupted(KeyboardInterrupt):
 
 
 def _write(df: pd.DataFrame, exp_dir: Path, selection: pd.DataFrame | None) -> None:
-    exp_dir.mkdir(parents=True, exist_ok=True)
-    tmp = exp_dir / ".results.parquet.tmp"
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, exp_dir / "results.parquet")
-    df.to_csv(exp_dir / "results.csv", index=False)
+    atomic_write(exp_dir / "results.parquet", lambda fh: df.to_parquet(fh, index=False))
+    atomic_write(exp_dir / "results.csv", df.to_csv(index=False).encode("utf-8"))
     if selection is not None:
         sel = selection.assign(selected=selection["selected"].map({True: "yes", False: "no"}))
         sel[[c for c in SELECTION_COLUMNS if c in sel]].to_csv(exp_dir / SELECTION_FILE, index=False)

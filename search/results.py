@@ -31,7 +31,7 @@ def config_columns(cfg: dict | None) -> dict:
     is its last one (the values it ended with)."""
     import json
 
-    from sparsebert.per_task import resolve_config
+    from sparsebert.transfer.per_task import resolve_config
 
     cfg = resolve_config(dict(cfg or {}))
     top = {k: v for k, v in cfg.items() if k != "variant"}

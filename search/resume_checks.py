@@ -178,7 +178,7 @@ class FileGuard:
                 return False
         except OSError:
             pass
-        from sparsebert.fsutil import atomic_write
+        from sparsebert.engine.fsutil import atomic_write
 
         try:
             atomic_write(self.path, self.good)

@@ -14,8 +14,8 @@ from typing import Any
 
 import pandas as pd
 
-from sparsebert.finders import method_label
-from sparsebert.ticket import MASK_FILE, META_FILE, Ticket, TicketError, config_hash, read_masks, \
+from sparsebert.tickets.finders import method_label
+from sparsebert.tickets.ticket import MASK_FILE, META_FILE, Ticket, TicketError, config_hash, read_masks, \
     read_meta
 
 TICKETS_DIR = "tickets"
@@ -89,8 +89,8 @@ def export_ticket(ticket: str | os.PathLike, out: str | os.PathLike | None = Non
     tokenizer, ``mask.safetensors``, ``ticket.json``, ``README.md`` card). Returns the directory.
 
     TicketError if the ticket is not found; FileExistsError if ``out`` is non-empty and not ``overwrite``."""
-    from sparsebert.masking import apply_masks, bake
-    from sparsebert.models import load_pretraining_model, load_tokenizer
+    from sparsebert.tickets.masking import apply_masks, bake
+    from sparsebert.models.loading import load_pretraining_model, load_tokenizer
 
     src = resolve_ticket(ticket, store)
     t = Ticket.load(src)

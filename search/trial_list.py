@@ -13,6 +13,8 @@ from typing import Any
 
 from search_spaces.space import Space, SpaceError, _is_dim
 
+from sparsebert.tickets.finders import ticket_config  # noqa: F401  (re-exported: search/results, tuner)
+
 from .tune_space import config_template
 
 def check_local(space: Space) -> None:
@@ -59,14 +61,9 @@ def expand(template: dict[str, Any], num_samples: int = 1) -> list[dict[str, Any
     return out
 
 
-def ticket_config(cfg: dict[str, Any]) -> dict[str, Any]:
-    """A trial's ticket: the space's common ``ticket`` section overlaid with the trial's ``variant``."""
-    return {**(cfg.get("ticket") or {}), **(cfg.get("variant") or {})}
-
-
 def ticket_label(t: dict[str, Any]) -> str:
     """The method label of a ticket config (``TAMT-KD``, ``OMP``, ...)."""
-    from sparsebert.finders import method_label
+    from sparsebert.tickets.finders import method_label
 
     return method_label(t.get("method", "omp"), t.get("init"), t.get("objective") if t.get("method") == "tamt"
                         else None)
@@ -106,15 +103,15 @@ def _cost(cfg: dict[str, Any]) -> float:
         return float(t.get("steps", 1) if isinstance(t.get("steps"), (int, float)) else 1)
     if tr.get("max_steps"):
         return float(tr["max_steps"]) * float(tr.get("batch_size", 32))
-    from sparsebert.task_data import train_file
+    from sparsebert.transfer.task_data import train_file
 
     f = train_file(str(tr.get("task")), tr.get("data_dir"))
     return (f.stat().st_size / 100.0 if f is not None else 1000.0) * float(tr.get("epochs", 3))
 
 
 def trials(space: Space, store_root: Path) -> list[Trial]:
-    from sparsebert.finders import finder_spec
-    from sparsebert.per_task import resolve_config
+    from sparsebert.tickets.finders import finder_spec
+    from sparsebert.transfer.per_task import resolve_config
 
     out = []
     for i, cfg in enumerate(expand(config_template(space, store_root), space.tune["num_samples"])):

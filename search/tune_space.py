@@ -10,8 +10,8 @@ from search_spaces.space import Space, _is_dim, ticket_points
 
 
 def _task_value(v: Any, spec) -> Any:
-    """A per-task value (sparsebert/per_task.py) for the trial's task, once Tune has resolved the task."""
-    from sparsebert.per_task import value_for
+    """A per-task value (sparsebert/transfer/per_task.py) for the trial's task, once Tune has resolved the task."""
+    from sparsebert.transfer.per_task import value_for
 
     return value_for(v, spec.config.transfer.task)
 
@@ -19,7 +19,7 @@ def _task_value(v: Any, spec) -> Any:
 def _to_tune(v: Any, optuna: bool):
     from ray import tune
 
-    from sparsebert.per_task import is_per_task
+    from sparsebert.transfer.per_task import is_per_task
 
     if is_per_task(v):  # resolved from the trial's task (Optuna cannot: the trainable resolves it then)
         return v if optuna else tune.sample_from(functools.partial(_task_value, v))

@@ -63,12 +63,12 @@ def shared_inputs(space):
     """Tokenized text for every (model, text) the space's tickets read (any finder whose spec reads text) and are
     evaluated on: built once, shared."""
     from search_spaces.space import _expand
-    from sparsebert.finders import finder_spec
-    from sparsebert.pipeline import EvalSpec, SharedText, ensure_head
-    from sparsebert.runtime import CPU, DeviceUnavailable, resolve
+    from sparsebert.tickets.finders import finder_spec
+    from sparsebert.tickets.pipeline import EvalSpec, SharedText, ensure_head
+    from sparsebert.engine.runtime import CPU, DeviceUnavailable, resolve_runtime
 
     try:  # the driver fits the MLM head on the space's device when it has one (a cluster's driver may not)
-        runtime = resolve(space.runtime)
+        runtime = resolve_runtime(space.runtime)
     except DeviceUnavailable:
         runtime = CPU
     shared, heads = SharedText(), set()
@@ -184,7 +184,7 @@ def fit(space, exp_dir, storage, name, store_root, args, restore: bool) -> int:
         damage = tune_state_damage(exp_dir)  # named before Ray starts; nothing in it is unpickled here
         if damage and tuner_pkl_damage(exp_dir) and not experiment_state_damage(exp_dir):
             # tuner.pkl (the Tuner's settings) is rebuilt from the space; the trials come from the whole state
-            from sparsebert.fsutil import move_aside
+            from sparsebert.engine.fsutil import move_aside
 
             bad = exp_dir / TUNER_PKL
             moved = f", moved aside to {move_aside(bad)}" if bad.exists() else ""

@@ -1,5 +1,5 @@
 """Checks of a space before anything is created (no Ray here): duplicate YAML keys, the keys a variant's method does
-not use, every ``transfer`` / ``eval`` value by type and range (each knob's one definition, :mod:`sparsebert.knobs`),
+not use, every ``transfer`` / ``eval`` value by type and range (each knob's one definition, :mod:`sparsebert.engine.knobs`),
 ``tune.metric`` against what the stage's trainable reports, the machine (:func:`check_machine`) and the models
 (:func:`check_models`). Errors are :class:`SpaceError` naming the file and the key."""
 
@@ -21,7 +21,7 @@ WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.ind
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model")
 #: the ticket's proxy losses, on every row of every stage (trainables/common.py ticket_columns)
 TICKET_METRICS = ("mlm_loss", "kd_loss", "kd_loss_mse")
-#: what the training loop reports (sparsebert/training.py) in find and transfer trials
+#: what the training loop reports (sparsebert/engine/training.py) in find and transfer trials
 LOOP_METRICS = ("step", "train_loss", "steps_per_s")
 #: what each stage's trainable reports besides (transfer: also every metric of its task, and best/<metric>)
 STAGE_METRICS = {
@@ -59,9 +59,9 @@ def read_yaml(path: Path) -> Any:
 def check_variant_keys(path: Path, variants: list[dict] | None) -> None:
     """A key that a variant's own method does not use is refused, listing that method's keys (the shared ``ticket``
     section may still hold keys for its other variants)."""
-    from sparsebert.finder_base import to_enum
-    from sparsebert.finders import SPECS, all_fields
-    from sparsebert.ticket import Method
+    from sparsebert.tickets.finder_base import to_enum
+    from sparsebert.tickets.finders import SPECS, all_fields
+    from sparsebert.tickets.ticket import Method
 
     for i, variant in enumerate(variants or []):
         if "method" not in variant:
@@ -80,7 +80,7 @@ def check_variant_keys(path: Path, variants: list[dict] | None) -> None:
 def check_section_values(path: Path, section: str, values: dict, owners: tuple[type, ...],
                          skip: tuple[str, ...] = ()) -> None:
     """Every value (every point of a search dimension) of a config section, by its knob's type and range."""
-    from sparsebert.knobs import check_key
+    from sparsebert.engine.knobs import check_key
 
     for k, v in values.items():
         owner = next((c for c in owners if k in c.__dataclass_fields__), None)
@@ -97,8 +97,8 @@ def task_metrics(task: str) -> set[str]:
     """The metric names a transfer trial on ``task`` reports (computed from the task's own metric functions)."""
     import numpy as np
 
-    from sparsebert.metrics import squad_metrics
-    from sparsebert.tasks import compute_task_metrics, get_task
+    from sparsebert.transfer.metrics import squad_metrics
+    from sparsebert.transfer.tasks import compute_task_metrics, get_task
 
     spec = get_task(task)
     if spec.kind == "span":
@@ -190,7 +190,7 @@ def check_models(space: Space, local: bool = True) -> list[str]:
 
 def _models(space: Space) -> list[tuple[str, str]]:
     """(key, model) of every ticket the space can produce; the key says where the model is set."""
-    from sparsebert.finders import FinderSpec
+    from sparsebert.tickets.finders import FinderSpec
 
     default = FinderSpec.__dataclass_fields__["model"].default
     out = []
@@ -211,7 +211,7 @@ def _hub_offline() -> bool:
 
 def _model_problem(model: str, local: bool) -> tuple[str | None, str | None]:
     """(what is wrong, a note) for one model name."""
-    from sparsebert.embedded import EMBEDDED_MODEL, resolve_model_path
+    from sparsebert.text.embedded import EMBEDDED_MODEL, resolve_model_path
 
     if model == EMBEDDED_MODEL:
         try:
@@ -263,7 +263,7 @@ def _model_problem(model: str, local: bool) -> tuple[str | None, str | None]:
 
 def _config_problem(model: str) -> str | None:
     """What is wrong with a model's config (never running the model's own code: trust_remote_code=False), or None."""
-    from sparsebert.models import load_config
+    from sparsebert.models.loading import load_config
 
     try:
         load_config(model)

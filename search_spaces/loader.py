@@ -5,17 +5,17 @@ A space file (see ``demo.yaml``) has these top-level keys, and each is consumed 
     key               what                                                     consumed by
     description       free text                                                run_search.py list
     stage             find | transfer | evaluate: which trainable runs         trainables/{find,transfer,evaluate}.py
-    model             hub name, local dir or embedded-minilm                   sparsebert/finders.py (FinderSpec.model)
-    ticket            finder fields shared by every trial                      sparsebert/finders.py (one spec per method)
+    model             hub name, local dir or embedded-minilm                   sparsebert/tickets/finders.py (FinderSpec.model)
+    ticket            finder fields shared by every trial                      sparsebert/tickets/finders.py (one spec per method)
     variants          list of partial ticket dicts, one grid axis              search_spaces/space.py (ticket_points)
-    transfer          FinetuneConfig fields + lr/eval_every/seed/...           sparsebert/finetune.py (split_transfer)
-    transfer.K        per task: {per_task: {cola: 1.0e-4}, default: 2.0e-4}    sparsebert/per_task.py (resolve)
-    eval              pre-training loss evaluation                             sparsebert/pipeline.py (EvalSpec)
+    transfer          FinetuneConfig fields + lr/eval_every/seed/...           sparsebert/transfer/finetune.py (split_transfer)
+    transfer.K        per task: {per_task: {cola: 1.0e-4}, default: 2.0e-4}    sparsebert/transfer/per_task.py (resolve_per_task)
+    eval              pre-training loss evaluation                             sparsebert/tickets/pipeline.py (EvalSpec)
     tune              metric, mode, scheduler, searcher, num_samples, ...      search/tune_space.py, search/tuner.py
     resources         cpu, gpu per trial (gpu 0.25 packs 4 trials on a GPU)    search/tuner.py (trial_resources)
-    device            auto | cpu | cuda | cuda:N | mps                          sparsebert/runtime.py (RuntimeConfig)
-    precision         auto | fp32 | bf16 | fp16                                sparsebert/runtime.py (RuntimeConfig)
-    compile           auto (CUDA only) | true | false: torch.compile the step  sparsebert/runtime.py (RuntimeConfig)
+    device            auto | cpu | cuda | cuda:N | mps                          sparsebert/engine/runtime.py (RuntimeConfig)
+    precision         auto | fp32 | bf16 | fp16                                sparsebert/engine/runtime.py (RuntimeConfig)
+    compile           auto (CUDA only) | true | false: torch.compile the step  sparsebert/engine/runtime.py (RuntimeConfig)
     checkpoint_every  checkpoint every N reports (default 1)                   trainables/common.py (reporter)
     preset            reference: every knob as the reference's code runs it    search_spaces/presets.py
     proxy             the proxy-guided two-stage search's rule                 sparsebert/proxy.py, search/proxy_search.py
@@ -91,8 +91,8 @@ def validate(path: Path, raw: dict[str, Any]) -> Space:
         raw = apply_preset(raw)
     except KeyError:
         raise _err(path, "preset", f"unknown preset {raw.get('preset')!r}; valid: {sorted(PRESETS)}") from None
-    from sparsebert.finders import finder_spec
-    from sparsebert.pipeline import EvalSpec
+    from sparsebert.tickets.finders import finder_spec
+    from sparsebert.tickets.pipeline import EvalSpec
 
     unknown = set(raw) - TOP_KEYS
     if unknown:
@@ -130,16 +130,16 @@ def validate(path: Path, raw: dict[str, Any]) -> Space:
         for k, v in transfer.items():
             if _is_dim(v):
                 _check_dim(path, f"transfer.{k}", v)
-        from sparsebert.finetune import FinetuneConfig, split_transfer
-        from sparsebert.per_task import PerTaskError, check, resolve
-        from sparsebert.training import TrainConfig
+        from sparsebert.transfer.finetune import FinetuneConfig, split_transfer
+        from sparsebert.transfer.per_task import PerTaskError, check, resolve_per_task
+        from sparsebert.engine.training import TrainConfig
 
         try:  # values set per task: known task names, plain values, one (or the default) for every task run
             check(transfer, _points(transfer["task"]), is_dim=_is_dim)
         except PerTaskError as e:
             raise _err(path, f"transfer.{e.key}", e.msg) from None
 
-        for point in map(resolve, _expand(transfer)):  # each value by its knob's type and range, then the config
+        for point in map(resolve_per_task, _expand(transfer)):  # each value by its knob's type and range, then the config
             check_section_values(path, "transfer", point, (FinetuneConfig, TrainConfig), skip=("eval_every", "task"))
             try:
                 split_transfer({"transfer": point})
@@ -167,7 +167,7 @@ def validate(path: Path, raw: dict[str, Any]) -> Space:
     if debug is not None and (not isinstance(debug, dict) or set(debug) - {"fail_at_step", "once_marker",
                                                                            "sleep_per_step"}):
         raise _err(path, "debug", "valid keys: fail_at_step, once_marker, sleep_per_step")
-    from sparsebert.runtime import RuntimeConfig
+    from sparsebert.engine.runtime import RuntimeConfig
 
     try:
         runtime = RuntimeConfig(device=raw.get("device", "auto"), precision=raw.get("precision", "auto"),
@@ -197,12 +197,12 @@ def _check_task_data(path: Path, transfer: dict) -> None:
     """Local task data (``transfer.data_dir`` or ``$SPARSEBERT_DATA_DIR``): every file a trial will read (train and
     evaluation splits) exists and holds a header and a usable row, before anything runs (a missing dev file would
     otherwise surface after the ticket was made). Hub data is not checked (no download before a run)."""
-    from sparsebert.task_data import check_task_files
+    from sparsebert.transfer.task_data import check_task_files
 
-    from sparsebert.per_task import resolve
+    from sparsebert.transfer.per_task import resolve_per_task
 
     seen = set()
-    for point in map(resolve, _expand(transfer)):
+    for point in map(resolve_per_task, _expand(transfer)):
         task, data_dir = str(point.get("task")), point.get("data_dir")
         if (task, data_dir) in seen:
             continue
@@ -218,7 +218,7 @@ def _check_task_data(path: Path, transfer: dict) -> None:
 
 def _culprit(point: dict, variant: dict, i: int) -> str:
     """The key that makes a ticket invalid: checked alone (with the method for context)."""
-    from sparsebert.finders import finder_spec
+    from sparsebert.tickets.finders import finder_spec
 
     order = sorted(point, key=lambda k: k != "method")  # the method first: the others are checked under it
     method = "omp"

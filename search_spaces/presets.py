@@ -50,9 +50,11 @@ def apply_preset(raw: dict[str, Any]) -> dict[str, Any]:
         if values:
             out[section] = {**values, **(out.get(section) or {})}
     if name == "reference":  # TAMT-KD trains on the reference's pre-generated KD paragraphs
-        from sparsebert.data import REFERENCE_KD_TEXT
+        from sparsebert.text.data import REFERENCE_KD_TEXT
 
-        ticket = out.setdefault("ticket", {}) if out.get("ticket") is not None else out.setdefault("ticket", {})
+        if out.get("ticket") is None:
+            out["ticket"] = {}
+        ticket = out["ticket"]
         for variant in out.get("variants") or [ticket]:
             merged = {**ticket, **variant}
             if merged.get("method") == "tamt" and merged.get("objective", "kd") == "kd":

@@ -57,10 +57,10 @@ def _table(rows: list[str]) -> str:
 
 
 def render() -> str:
-    from sparsebert.training import TrainConfig
-    from sparsebert.finders import SPECS
-    from sparsebert.pipeline import EvalSpec
-    from sparsebert.finetune import TRAIN_KEYS, FinetuneConfig
+    from sparsebert.engine.training import TrainConfig
+    from sparsebert.tickets.finders import SPECS
+    from sparsebert.tickets.pipeline import EvalSpec
+    from sparsebert.transfer.finetune import TRAIN_KEYS, FinetuneConfig
 
     from .loader import SCHEDULERS, SEARCHERS, STAGES, TUNE_KEYS
 

@@ -19,8 +19,8 @@ SMOKE_PBT = {"num_samples": 2, "max_steps": 12, "perturbation_interval": 2}
 
 def smoke_model_dir() -> Path:
     """A tiny 2-layer BERT with the embedded tokenizer, built once into the cache."""
-    from sparsebert.fsutil import cache_root
-    from sparsebert.models import tiny_model_dir
+    from sparsebert.engine.fsutil import cache_root
+    from sparsebert.models.loading import tiny_model_dir
 
     path = cache_root() / "smoke-model"
     if not (path / "tokenizer_config.json").is_file():

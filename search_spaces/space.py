@@ -79,7 +79,7 @@ def ticket_points(space: Space) -> list[dict[str, Any]] | None:
     """When the ticket axes are all grids: the explicit list of tickets (grid x variants), duplicates removed
     (e.g. a dense variant under a sparsity grid, or OMP under an objective grid: same ticket id). None when the
     ticket section holds sampled dimensions (those stay Tune/Optuna primitives)."""
-    from sparsebert.finders import finder_spec
+    from sparsebert.tickets.finders import finder_spec
 
     if space.tune["searcher"]["type"] == "optuna" or any(
         _is_dim(v) and "grid" not in v for v in space.ticket.values()
@@ -113,7 +113,7 @@ def as_dict(space: Space) -> dict[str, Any]:
 def finder_runs(space: Space) -> tuple[int, int, int]:
     """(distinct tickets, distinct finder runs, their training steps): snapshots of one run (TAMT ``save_at``)
     count once. For the dry-run summary."""
-    from sparsebert.finders import finder_spec
+    from sparsebert.tickets.finders import finder_spec
 
     points = ticket_points(space)
     if points is None:  # sampled dimensions: count the grid's corners, as validation does

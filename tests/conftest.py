@@ -38,7 +38,7 @@ def wikitext2_dir(shared_data) -> Path:
 @pytest.fixture(scope="session")
 def tok():
     """The embedded MiniLM's tokenizer (bert-base-uncased's vocabulary)."""
-    from sparsebert.models import load_tokenizer
+    from sparsebert.models.loading import load_tokenizer
 
     return load_tokenizer("embedded-minilm")
 
@@ -52,7 +52,7 @@ def bert_tok(tok):
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory):
     """A tiny random 2-layer BERT (hidden 32) with an MLM head and a pooler, as a local HF dir."""
-    from sparsebert.models import tiny_model_dir
+    from sparsebert.models.loading import tiny_model_dir
 
     return str(tiny_model_dir(tmp_path_factory.mktemp("tiny"), "bert", hidden=32, layers=2))
 

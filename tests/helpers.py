@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sparsebert.models import tiny_model_dir
+from sparsebert.models.loading import tiny_model_dir
 
 
 def tiny_dir(tmp_path_factory, model_type: str = "bert", **kw) -> Path:

@@ -15,7 +15,7 @@ from analysis import figures as F
 from analysis import masks as M
 from analysis import report as R
 from analysis import tables as T
-from sparsebert.ticket import Method, Ticket, TicketMeta
+from sparsebert.tickets.ticket import Method, Ticket, TicketMeta
 
 SHAPES = {
     "embeddings.word_embeddings.weight": (20, 8),
@@ -267,7 +267,7 @@ def test_tidy_joins_losses_and_average_needs_all_tasks(tmp_path):
     dup = td[td["trial_id"] == f"tr_dense_{TASKS[0]}"]
     assert len(dup) == 1 and dup["n_trials"].iloc[0] == 2 and dup["best_score"].iloc[0] == 60
     # OMP similarity: direct computation against the OMP 0.5 ticket; NaN at 0.7 (no OMP ticket) and for dense
-    from sparsebert.ticket import read_masks
+    from sparsebert.tickets.ticket import read_masks
 
     sim = _direct(read_masks(exp / "tickets" / "kd50"), omp50)[0]
     assert td.loc[td["ticket_id"] == "kd50", "omp_similarity"].iloc[0] == pytest.approx(sim)

@@ -14,8 +14,8 @@ import yaml
 import run_search
 from conftest import REPO
 from search import experiment
-from sparsebert.finders import finder_spec
-from sparsebert.task_data import load_task
+from sparsebert.tickets.finders import finder_spec
+from sparsebert.transfer.task_data import load_task
 
 MISSING_HUB = "no-such-org/no-such-bert"
 
@@ -160,7 +160,7 @@ def test_a_header_only_glue_tsv_names_the_file(rte):
     dev.write_text(dev.read_text().split("\n", 1)[0] + "\n")
     with pytest.raises(ValueError, match="no data rows: line 1 is the header") as e:
         load_task("rte", rte.parent)
-    from sparsebert.tasks import TaskDataError
+    from sparsebert.transfer.tasks import TaskDataError
 
     assert str(dev) in str(e.value) and isinstance(e.value, TaskDataError)
     dev.write_text("")
@@ -176,7 +176,7 @@ def test_a_non_utf8_glue_tsv_names_the_file_and_the_line(rte):
     with pytest.raises(ValueError) as e:
         load_task("rte", rte.parent)
     assert msg in str(e.value)
-    from sparsebert.task_data import check_task_files
+    from sparsebert.transfer.task_data import check_task_files
 
     with pytest.raises(ValueError) as e:
         check_task_files("rte", rte.parent)  # the streaming check before a run finds the same byte
@@ -331,8 +331,8 @@ def test_a_bad_value_is_refused_before_anything_is_created(change, message, tmp_
 
 def test_the_metric_names_are_what_trials_report():
     from search_spaces.checks import task_metrics
-    from sparsebert.finetune import FinetuneConfig
-    from sparsebert.tasks import get_task
+    from sparsebert.transfer.finetune import FinetuneConfig
+    from sparsebert.transfer.tasks import get_task
 
     assert {"accuracy", "f1"} <= task_metrics("mrpc") and "matthews_correlation" in task_metrics("cola")
     assert {"validation_matched/accuracy", "validation_mismatched/accuracy"} <= task_metrics("mnli")

@@ -89,7 +89,7 @@ class TwoNodeCluster:
     def env(self, ns: str, token: str | None = "file") -> dict[str, str]:
         """The environment of a process in ``ns``: its own HOME; ``token`` "file" (the cluster's token file),
         "wrong" (RAY_AUTH_TOKEN set to another token) or None (RAY_AUTH_MODE=disabled: sends no token)."""
-        from sparsebert.embedded import cache_root
+        from sparsebert.text.embedded import cache_root
 
         home = self.root / f"home-{'h' if ns == self.head_ns else 'w'}"
         home.mkdir(exist_ok=True)

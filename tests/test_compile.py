@@ -9,17 +9,17 @@ import torch._dynamo
 from torch._dynamo.utils import counters
 from transformers import AutoModel
 
-from sparsebert.finetune import FineTune, FinetuneConfig
-from sparsebert.pruning import omp_ticket
-from sparsebert.runtime import CompileMode, Runtime, RuntimeConfig, resolve
-from sparsebert.training import TrainConfig, train
+from sparsebert.transfer.finetune import FineTune, FinetuneConfig
+from sparsebert.tickets.pruning import omp_ticket
+from sparsebert.engine.runtime import CompileMode, Runtime, RuntimeConfig, resolve_runtime
+from sparsebert.engine.training import TrainConfig, train
 from search_spaces.loader import SpaceError, load_space
 
 
 def test_compile_knob_resolves_auto_off_on_the_cpu_and_is_validated(tmp_path):
-    assert resolve(RuntimeConfig(device="cpu")).compile is False  # auto: CUDA only
-    assert resolve(RuntimeConfig(device="cpu", compile=True)).compile is True  # YAML booleans
-    assert resolve({"device": "cpu", "compile": "false"}).compile is False
+    assert resolve_runtime(RuntimeConfig(device="cpu")).compile is False  # auto: CUDA only
+    assert resolve_runtime(RuntimeConfig(device="cpu", compile=True)).compile is True  # YAML booleans
+    assert resolve_runtime({"device": "cpu", "compile": "false"}).compile is False
     assert RuntimeConfig(compile="TRUE").as_dict()["compile"] == "true"
     assert RuntimeConfig().compile is CompileMode.AUTO
     with pytest.raises(ValueError, match="compile: must be auto, true or false"):

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from sparsebert import batching as B
-from sparsebert import data as D
-from sparsebert import kd_data as K
+from sparsebert.text import batching as B
+from sparsebert.text import data as D
+from sparsebert.text import kd_data as K
 
 from helpers import WIKI_LINES
 

@@ -160,8 +160,8 @@ def custom_code_model(tmp_path) -> tuple[Path, Path]:
 
 def test_custom_model_code_is_never_run_and_is_refused_before_anything_is_created(custom_code_model, tmp_path,
                                                                                    capsys):
-    from sparsebert.models import load_pretraining_model, load_tokenizer, prunable_shapes
-    from sparsebert.registry import UnsupportedModelError
+    from sparsebert.models.loading import load_pretraining_model, load_tokenizer, prunable_shapes
+    from sparsebert.models.registry import UnsupportedModelError
 
     model, marker = custom_code_model
     f = _space(tmp_path, "custom", model=str(model))
@@ -184,8 +184,8 @@ def test_readme_says_remote_code_is_never_run():
 
 def test_export_onto_a_symlink_with_overwrite_is_a_one_line_error(tmp_path, capsys):
     from search_spaces.smoke import smoke_model_dir
-    from sparsebert.finders import OMPSpec
-    from sparsebert.pipeline import EvalSpec, SharedText, TicketStore
+    from sparsebert.tickets.finders import OMPSpec
+    from sparsebert.tickets.pipeline import EvalSpec, SharedText, TicketStore
 
     spec = OMPSpec(model=str(smoke_model_dir()), sparsity=0.5)
     TicketStore(tmp_path / "store").get_or_make(spec, EvalSpec(eval_blocks=4, head_steps=2), SharedText(),

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from sparsebert import embedded as E
+from sparsebert.text import embedded as E
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,11 @@ import torch
 
 import run_search
 from search_spaces.smoke import smoke_model_dir
-from sparsebert.finders import finder_spec
-from sparsebert.masking import apply_masks
-from sparsebert.models import load_pretraining_model
-from sparsebert.pipeline import EvalSpec, SharedText, TicketStore
-from sparsebert.registry import prunable_weights
+from sparsebert.tickets.finders import finder_spec
+from sparsebert.tickets.masking import apply_masks
+from sparsebert.models.loading import load_pretraining_model
+from sparsebert.tickets.pipeline import EvalSpec, SharedText, TicketStore
+from sparsebert.models.registry import prunable_weights
 
 
 @pytest.fixture(scope="module")

@@ -10,18 +10,18 @@ import torch
 import torch.nn.functional as F
 
 from search_spaces.smoke import smoke_model_dir
-from sparsebert.data import TextDataConfig, tokenized_blocks
-from sparsebert.finders import TAMTSpec, finder_spec
-from sparsebert.imp import IMP, IMPSpec
-from sparsebert.masking import ScoreMask, apply_score_masks, num_pruned
-from sparsebert.models import load_pretraining_model
-from sparsebert.optim import BertAdam
-from sparsebert.pipeline import EvalSpec, SharedText, TicketStore, evaluate_ticket
-from sparsebert.pruning import magnitude_masks, omp_ticket
-from sparsebert.registry import prunable_weights, weight_of
-from sparsebert.tamt import TAMT
-from sparsebert.ticket import Ticket
-from sparsebert.training import TrainConfig, train
+from sparsebert.text.data import TextDataConfig, tokenized_blocks
+from sparsebert.tickets.finders import TAMTSpec, finder_spec
+from sparsebert.tickets.imp import IMP, IMPSpec
+from sparsebert.tickets.masking import ScoreMask, apply_score_masks, num_pruned
+from sparsebert.models.loading import load_pretraining_model
+from sparsebert.engine.optim import BertAdam
+from sparsebert.tickets.pipeline import EvalSpec, SharedText, TicketStore, evaluate_ticket
+from sparsebert.tickets.pruning import magnitude_masks, omp_ticket
+from sparsebert.models.registry import prunable_weights, weight_of
+from sparsebert.tickets.tamt import TAMT
+from sparsebert.tickets.ticket import Ticket
+from sparsebert.engine.training import TrainConfig, train
 
 TEXT = {"source": "embedded", "block_size": 32, "max_blocks": 96}
 
@@ -142,7 +142,7 @@ def test_one_run_stores_every_save_at_step_as_the_ticket_of_its_own_spec(model_d
     # a snapshot is what a run of that length with the same LR horizon gives: same id, same mask
     alone = finder_spec({**{k: v for k, v in base.items() if k != "save_at"}, "steps": 2, "schedule_steps": 6})
     assert alone.ticket_id == finder_spec({**base, "steps": 2}).ticket_id
-    from sparsebert.pipeline import make_ticket
+    from sparsebert.tickets.pipeline import make_ticket
 
     fresh = make_ticket(alone, es, SharedText(), None, log=quiet)
     assert all(torch.equal(fresh.masks[k], first.masks[k]) for k in first.masks)
@@ -173,7 +173,7 @@ def test_preset_reference_sets_every_knob_and_explicit_keys_win(tmp_path):
     assert space.eval["dense_decoder"] is True
     t = tmp_path / "tr.yaml"
     t.write_text("preset: reference\nmodel: embedded-minilm\nticket: {method: omp}\ntransfer: {task: mnli}\n")
-    from sparsebert.finetune import split_transfer
+    from sparsebert.transfer.finetune import split_transfer
 
     ft, tc = split_transfer({"transfer": load_space(t).transfer})
     assert (ft.select_split, ft.stride_mode, tc.eval_at_end, tc.eval_every) == ("mismatched", "step", False, 500)
@@ -197,7 +197,7 @@ def test_reference_tickets_are_found_end_to_end(model_dir, tmp_path):
 
 def test_preset_reference_trains_tamt_kd_on_the_reference_kd_paragraphs(tmp_path):
     from search_spaces.loader import load_space
-    from sparsebert.data import REFERENCE_KD_TEXT
+    from sparsebert.text.data import REFERENCE_KD_TEXT
 
     p = tmp_path / "kd.yaml"
     p.write_text("stage: find\nmodel: embedded-minilm\npreset: reference\nticket: {sparsity: 0.5, text: {block_size: 64}}\n"

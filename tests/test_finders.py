@@ -7,13 +7,13 @@ import dataclasses
 
 import pytest
 
-from sparsebert.batching import DATA_ORDER
-from sparsebert.finders import SPECS, IMPSpec, OMPSpec, TAMTSpec, TrainedSpec, finder_spec, method_label
-from sparsebert.masking import Binarizer
-from sparsebert.objectives import Objective
-from sparsebert.pipeline import EvalSpec, SharedText, TicketStore, make_ticket
-from sparsebert.pruning import Scope
-from sparsebert.ticket import Method, Ticket, config_hash
+from sparsebert.text.batching import DATA_ORDER
+from sparsebert.tickets.finders import SPECS, IMPSpec, OMPSpec, TAMTSpec, TrainedSpec, finder_spec, method_label
+from sparsebert.tickets.masking import Binarizer
+from sparsebert.models.objectives import Objective
+from sparsebert.tickets.pipeline import EvalSpec, SharedText, TicketStore, make_ticket
+from sparsebert.tickets.pruning import Scope
+from sparsebert.tickets.ticket import Method, Ticket, config_hash
 
 # Ticket ids address tickets already in users' stores: a refactor must not move them. These are the ids the
 # previous single-record FinderSpec gave (computed with it before it was replaced).

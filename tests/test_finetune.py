@@ -10,13 +10,13 @@ from transformers import AutoModel
 
 from helpers import read_pairs, write_mnli, write_qqp
 from search_spaces.presets import apply_preset
-from sparsebert.batching import epoch_permutation
-from sparsebert.finetune import FineTune, FinetuneConfig, auto_eval_every, selection_score, split_transfer
-from sparsebert.pruning import omp_ticket
-from sparsebert.registry import prunable_weights
-from sparsebert.task_tensors import TaskTensors, epoch_batches, train_batches
-from sparsebert.task_data import load_task
-from sparsebert.training import TrainConfig, train
+from sparsebert.text.batching import epoch_permutation
+from sparsebert.transfer.finetune import FineTune, FinetuneConfig, auto_eval_every, selection_score, split_transfer
+from sparsebert.tickets.pruning import omp_ticket
+from sparsebert.models.registry import prunable_weights
+from sparsebert.transfer.task_tensors import TaskTensors, epoch_batches, train_batches
+from sparsebert.transfer.task_data import load_task
+from sparsebert.engine.training import TrainConfig, train
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +146,7 @@ def _mnli_evals():
 def test_mnli_select_split_picks_the_best_step(select_split, best_step, best_score):
     from types import SimpleNamespace
 
-    from sparsebert.tasks import get_task
+    from sparsebert.transfer.tasks import get_task
 
     ft = SimpleNamespace(spec=get_task("mnli"), cfg=FinetuneConfig(task="mnli", select_split=select_split),
                          best={"best_score": float("-inf"), "best_step": 0})

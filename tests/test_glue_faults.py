@@ -14,9 +14,9 @@ import yaml
 
 import run_search
 from search import EXIT_BAD_INPUT
-from sparsebert.glue_tsv import MAX_BAD_FRACTION, read_glue_tsv_rows
-from sparsebert.task_data import check_task_files, load_task
-from sparsebert.tasks import TaskDataError
+from sparsebert.transfer.glue_tsv import MAX_BAD_FRACTION, read_glue_tsv_rows
+from sparsebert.transfer.task_data import check_task_files, load_task
+from sparsebert.transfer.tasks import TaskDataError
 
 
 def _damaged_mrpc(shared_data: Path, root: Path, lines: list[int]) -> Path:

@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from sparsebert.finders import IMPSpec, OMPSpec, TAMTSpec
-from sparsebert.models import load_pretraining_model
-from sparsebert.pipeline import EvalSpec, SharedText, TicketStore, make_ticket
-from sparsebert.pruning import omp_ticket
-from sparsebert.tamt import TAMT
-from sparsebert.data import TextDataConfig, tokenized_blocks
-from sparsebert.ticket import MASK_FILE, META_FILE, Ticket, TicketError, TicketMeta, Method, read_masks
-from sparsebert.training import CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE, TrainConfig, checkpoint_step, \
+from sparsebert.tickets.finders import IMPSpec, OMPSpec, TAMTSpec
+from sparsebert.models.loading import load_pretraining_model
+from sparsebert.tickets.pipeline import EvalSpec, SharedText, TicketStore, make_ticket
+from sparsebert.tickets.pruning import omp_ticket
+from sparsebert.tickets.tamt import TAMT
+from sparsebert.text.data import TextDataConfig, tokenized_blocks
+from sparsebert.tickets.ticket import MASK_FILE, META_FILE, Ticket, TicketError, TicketMeta, Method, read_masks
+from sparsebert.engine.training import CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE, TrainConfig, checkpoint_step, \
     save_checkpoint, train
 
 TID = "0123456789abcdef"  # a store-like directory name: the ticket id

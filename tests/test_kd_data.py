@@ -9,12 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from sparsebert import batching as B
-from sparsebert import data as D
-from sparsebert import kd_data as K
-from sparsebert import evaluation as E
-from sparsebert.embedded import EMBEDDED_MODEL
-from sparsebert.objectives import kd_loss, kd_mse_loss
+from sparsebert.text import batching as B
+from sparsebert.text import data as D
+from sparsebert.text import kd_data as K
+from sparsebert.tickets import evaluation as E
+from sparsebert.text.embedded import EMBEDDED_MODEL
+from sparsebert.models.objectives import kd_loss, kd_mse_loss
 
 from helpers import WIKI_LINES
 
@@ -46,9 +46,9 @@ def test_config_defaults_and_validation():
 
 def test_old_text_dicts_keep_their_ids():
     """A text dict without the new fields is hashed as written: ticket ids and SharedText keys do not move."""
-    from sparsebert.finders import DEFAULT_TEXT, finder_spec
-    from sparsebert.pipeline import SharedText
-    from sparsebert.ticket import config_hash
+    from sparsebert.tickets.finders import DEFAULT_TEXT, finder_spec
+    from sparsebert.tickets.pipeline import SharedText
+    from sparsebert.tickets.ticket import config_hash
 
     spec = finder_spec({"method": "tamt", "sparsity": 0.5})
     assert spec.canonical()["text"] == DEFAULT_TEXT == {"source": "embedded", "block_size": 128}
@@ -139,7 +139,7 @@ def test_reference_groups_rule():
 
 
 def test_shared_text_paragraphs(tok, wiki_dir, tmp_path):
-    from sparsebert.pipeline import SharedText
+    from sparsebert.tickets.pipeline import SharedText
 
     text = {"source": str(wiki_dir), "cache_dir": str(tmp_path / "c"), "block_size": 32, "kind": "paragraphs"}
     got = SharedText().get(EMBEDDED_MODEL, text, "validation")

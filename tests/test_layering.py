@@ -17,8 +17,9 @@ TOP_MODULES = ("run_search",)
 def _modules() -> dict[str, Path]:
     out = {m: REPO / f"{m}.py" for m in TOP_MODULES}
     for pkg in PACKAGES:
-        for f in (REPO / pkg).glob("*.py"):
-            out[pkg if f.stem == "__init__" else f"{pkg}.{f.stem}"] = f
+        for f in (REPO / pkg).rglob("*.py"):
+            dotted = ".".join(f.relative_to(REPO).with_suffix("").parts)
+            out[dotted.removesuffix(".__init__")] = f
     return out
 
 
@@ -78,7 +79,7 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_no_import_cycles_among_project_modules():
     graph = import_graph()
-    assert len(graph) > 40 and graph["sparsebert.pipeline"]  # the walker sees the project
+    assert len(graph) > 40 and graph["sparsebert.tickets.pipeline"]  # the walker sees the project
     assert cycles(graph) == []
 
 
@@ -109,3 +110,32 @@ def test_only_trainables_and_search_import_ray():
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             assert not any(n == "ray" or n.startswith("ray.") for n in names), (name, node.lineno)
+
+
+# The core's rooms, bottom to top: a module may import its own room and the rooms below it, never one above.
+CORE_LAYERS = ("engine", "text", "models", "tickets", "transfer")
+
+
+def _layer(module: str) -> int | None:
+    parts = module.split(".")
+    if parts[0] != "sparsebert" or len(parts) < 2:
+        return None
+    return CORE_LAYERS.index(parts[1]) if parts[1] in CORE_LAYERS else len(CORE_LAYERS)  # top-level: above all
+
+
+def test_core_subpackages_import_only_downwards():
+    graph = import_graph()
+    rooms = {m.split(".")[1] for m in graph if m.startswith("sparsebert.") and m.count(".") >= 2}
+    assert rooms == set(CORE_LAYERS), rooms
+    flat = sorted(m for m in graph if m.count(".") == 1 and m.startswith("sparsebert."))
+    assert flat == ["sparsebert.engine", "sparsebert.models", "sparsebert.prepare", "sparsebert.proxy",
+                    "sparsebert.text", "sparsebert.tickets", "sparsebert.transfer"], flat  # every module in a room
+    upward = [(m, t) for m, targets in graph.items() for t in targets
+              if _layer(m) is not None and _layer(t) is not None and _layer(t) > _layer(m)]
+    assert upward == [], upward
+
+
+def test_the_layer_check_orders_the_rooms():
+    assert _layer("sparsebert.engine.training") < _layer("sparsebert.text.batching") < _layer("sparsebert.models.loading")
+    assert _layer("sparsebert.models.loading") < _layer("sparsebert.tickets.tamt") < _layer("sparsebert.transfer.finetune")
+    assert _layer("sparsebert.transfer.finetune") < _layer("sparsebert.proxy") and _layer("analysis.report") is None

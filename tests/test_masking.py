@@ -17,7 +17,7 @@ from transformers import (
     RobertaModel,
 )
 
-from sparsebert.masking import (
+from sparsebert.tickets.masking import (
     ScoreMask,
     apply_masks,
     bake,
@@ -26,10 +26,10 @@ from sparsebert.masking import (
     num_pruned,
     remove_masks,
 )
-from sparsebert.models import load_pretraining_model, tiny_model_dir
-from sparsebert.pruning import magnitude_masks, omp_ticket, random_masks, random_ticket
-from sparsebert.registry import UnsupportedModelError, prunable_weight_names, prunable_weights
-from sparsebert.ticket import Method, Ticket, TicketError, config_hash
+from sparsebert.models.loading import load_pretraining_model, tiny_model_dir
+from sparsebert.tickets.pruning import magnitude_masks, omp_ticket, random_masks, random_ticket
+from sparsebert.models.registry import UnsupportedModelError, prunable_weight_names, prunable_weights
+from sparsebert.tickets.ticket import Method, Ticket, TicketError, config_hash
 
 LAYER = ["attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
          "intermediate.dense", "output.dense"]

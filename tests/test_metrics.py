@@ -9,8 +9,8 @@ import pytest
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
-from sparsebert import metrics as M
-from sparsebert.tasks import compute_task_metrics, main_score
+from sparsebert.transfer import metrics as M
+from sparsebert.transfer.tasks import compute_task_metrics, main_score
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

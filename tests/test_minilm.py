@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from sparsebert.data import TextDataConfig, tokenized_blocks
-from sparsebert.mlm_head import HeadFitConfig, load_or_fit_head
-from sparsebert.models import load_pretraining_model, load_tokenizer
-from sparsebert.tamt import TAMT, TAMTSpec
-from sparsebert.training import TrainConfig, train
+from sparsebert.text.data import TextDataConfig, tokenized_blocks
+from sparsebert.tickets.mlm_head import HeadFitConfig, load_or_fit_head
+from sparsebert.models.loading import load_pretraining_model, load_tokenizer
+from sparsebert.tickets.tamt import TAMT, TAMTSpec
+from sparsebert.engine.training import TrainConfig, train
 
 pytestmark = pytest.mark.slow
 MODEL = "embedded-minilm"
@@ -41,7 +41,7 @@ def _tamt(objective, tok, blocks, head_file=None):
 
 
 def test_fitted_head_is_far_better_than_a_random_one(tok, blocks, head_file):
-    from sparsebert.evaluation import evaluate_mlm
+    from sparsebert.tickets.evaluation import evaluate_mlm
 
     fitted = load_pretraining_model(MODEL, mlm_head=str(head_file))
     random_head = load_pretraining_model(MODEL)

@@ -9,10 +9,10 @@ import torch
 from safetensors.torch import load_file
 from transformers import BertConfig, BertModel
 
-from sparsebert.finders import finder_spec
-from sparsebert.mlm_head import HeadFitConfig, head_sha256, load_or_fit_head
-from sparsebert.models import load_pretraining_model, load_tokenizer
-from sparsebert.pipeline import EvalSpec, SharedText, TicketStore
+from sparsebert.tickets.finders import finder_spec
+from sparsebert.tickets.mlm_head import HeadFitConfig, head_sha256, load_or_fit_head
+from sparsebert.models.loading import load_pretraining_model, load_tokenizer
+from sparsebert.tickets.pipeline import EvalSpec, SharedText, TicketStore
 from trainables.common import ticket_columns
 
 TEXT = {"source": "embedded", "block_size": 32}

@@ -15,7 +15,7 @@ from torch import nn
 
 import run_search
 from search_spaces.loader import load_space
-from sparsebert.training import (TrainConfig, _build_optim, _schedule, apply_hyperparameters, read_checkpoint,
+from sparsebert.engine.training import (TrainConfig, _build_optim, _schedule, apply_hyperparameters, read_checkpoint,
                                  state_sha256)
 
 
@@ -85,7 +85,7 @@ def test_restore_keeps_moments_and_position_but_applies_the_runs_own_hyperparame
 
 
 def test_a_resumed_run_reports_the_lr_of_its_own_config(tmp_path):
-    from sparsebert.training import train
+    from sparsebert.engine.training import train
 
     def stop_at_4(metrics, write):
         if metrics["step"] == 4:

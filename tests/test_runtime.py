@@ -11,18 +11,18 @@ import torch
 from torch.nn.utils import parametrize
 from transformers import AutoModel
 
-from sparsebert.data import TextDataConfig, tokenized_blocks
-from sparsebert.finetune import FineTune, FinetuneConfig
-from sparsebert.imp import IMP, IMPSpec
-from sparsebert.masking import mask_params
-from sparsebert.models import load_pretraining_model
-from sparsebert.pruning import omp_ticket
-from sparsebert.registry import prunable_weights
-from sparsebert.runtime import (CPU, DeviceUnavailable, Runtime, RuntimeConfig, prefetch, resolve,
+from sparsebert.text.data import TextDataConfig, tokenized_blocks
+from sparsebert.transfer.finetune import FineTune, FinetuneConfig
+from sparsebert.tickets.imp import IMP, IMPSpec
+from sparsebert.tickets.masking import mask_params
+from sparsebert.models.loading import load_pretraining_model
+from sparsebert.tickets.pruning import omp_ticket
+from sparsebert.models.registry import prunable_weights
+from sparsebert.engine.runtime import (CPU, DeviceUnavailable, Runtime, RuntimeConfig, prefetch, resolve_runtime,
                                 resolve_device)
-from sparsebert.tamt import TAMT, TAMTSpec
-from sparsebert.task_tensors import epoch_batches
-from sparsebert.training import TrainConfig, load_checkpoint, train
+from sparsebert.tickets.tamt import TAMT, TAMTSpec
+from sparsebert.transfer.task_tensors import epoch_batches
+from sparsebert.engine.training import TrainConfig, load_checkpoint, train
 
 from conftest import REPO
 
@@ -45,11 +45,11 @@ def make_tamt(tiny, tok, blocks, runtime, objective="mlm_kd", **kw):
 
 def test_auto_is_the_cpu_in_fp32_here_and_explicit_precisions_resolve():
     assert not torch.cuda.is_available()  # CI and this machine: the CPU path is what these tests pin down
-    rt = resolve()
+    rt = resolve_runtime()
     assert rt.device.type == "cpu" and rt.dtype == torch.float32 and not rt.mixed
-    assert resolve({"precision": "bf16"}).dtype == torch.bfloat16
-    assert resolve(RuntimeConfig(device="cpu", precision="fp16")).grad_scaler() is not None
-    assert resolve({"precision": "bf16"}).grad_scaler() is None  # bf16 has fp32's range: no loss scaling
+    assert resolve_runtime({"precision": "bf16"}).dtype == torch.bfloat16
+    assert resolve_runtime(RuntimeConfig(device="cpu", precision="fp16")).grad_scaler() is not None
+    assert resolve_runtime({"precision": "bf16"}).grad_scaler() is None  # bf16 has fp32's range: no loss scaling
 
 
 @pytest.mark.parametrize("device", ["cuda", "cuda:1"])

@@ -69,7 +69,7 @@ def test_each_trial_gets_its_tasks_value_in_both_executors(tmp_path):
     from ray.tune.search.variant_generator import generate_variants
 
     from search.tune_space import param_space
-    from sparsebert.finetune import split_transfer
+    from sparsebert.transfer.finetune import split_transfer
 
     space = load_space("paper_small")
     assert space.transfer["lr"] == {"per_task": {"cola": 1e-4, "mrpc": 2e-4}, "default": 2e-4}

@@ -7,8 +7,8 @@ import itertools
 
 import torch
 
-from sparsebert.batching import epoch_permutation, iterate_batches
-from sparsebert.task_tensors import epoch_batches
+from sparsebert.text.batching import epoch_permutation, iterate_batches
+from sparsebert.transfer.task_tensors import epoch_batches
 
 PAIRS = list(itertools.product(range(10), range(10)))  # seeds 0-9 x epochs 0-9
 

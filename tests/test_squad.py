@@ -8,10 +8,10 @@ import unicodedata
 import numpy as np
 import pytest
 
-from sparsebert import squad
-from sparsebert.metrics import normalize_answer, squad_metrics
-from sparsebert.task_data import load_task
-from sparsebert.task_tokenize import tokenize_task
+from sparsebert.transfer import squad
+from sparsebert.transfer.metrics import normalize_answer, squad_metrics
+from sparsebert.transfer.task_data import load_task
+from sparsebert.transfer.task_tokenize import tokenize_task
 
 
 @pytest.fixture(scope="module")

@@ -8,18 +8,18 @@ import torch
 from torch.nn.utils import parametrize
 from transformers import AutoModel
 
-import sparsebert.batching as B
-from sparsebert.data import TextDataConfig, tokenized_blocks
-from sparsebert.finetune import FineTune, FinetuneConfig
-from sparsebert.masking import ScoreMask, has_masks
-from sparsebert.models import load_pretraining_model
-from sparsebert.objectives import mlm_loss_at
-from sparsebert.pruning import omp_ticket
-from sparsebert.registry import prunable_weights
-from sparsebert.runtime import Runtime
-from sparsebert.tamt import TAMT, TAMTSpec
-from sparsebert.task_tensors import TaskTensors, epoch_batches, shape_count, train_batches
-from sparsebert.training import TrainConfig, train
+import sparsebert.text.batching as B
+from sparsebert.text.data import TextDataConfig, tokenized_blocks
+from sparsebert.transfer.finetune import FineTune, FinetuneConfig
+from sparsebert.tickets.masking import ScoreMask, has_masks
+from sparsebert.models.loading import load_pretraining_model
+from sparsebert.models.objectives import mlm_loss_at
+from sparsebert.tickets.pruning import omp_ticket
+from sparsebert.models.registry import prunable_weights
+from sparsebert.engine.runtime import Runtime
+from sparsebert.tickets.tamt import TAMT, TAMTSpec
+from sparsebert.transfer.task_tensors import TaskTensors, epoch_batches, shape_count, train_batches
+from sparsebert.engine.training import TrainConfig, train
 
 BF16 = Runtime(torch.device("cpu"), torch.bfloat16)
 

@@ -10,11 +10,11 @@ import threading
 import pytest
 import torch
 
-from sparsebert.finders import IMPSpec, OMPSpec, RandomSpec
-from sparsebert.models import tiny_model_dir
-from sparsebert.pipeline import EvalSpec, SharedText, StoreError, TicketStore, make_ticket
-from sparsebert.ticket import Ticket, TicketError
-from sparsebert.training import CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE, checkpoint_step, load_resume_checkpoint, \
+from sparsebert.tickets.finders import IMPSpec, OMPSpec, RandomSpec
+from sparsebert.models.loading import tiny_model_dir
+from sparsebert.tickets.pipeline import EvalSpec, SharedText, StoreError, TicketStore, make_ticket
+from sparsebert.tickets.ticket import Ticket, TicketError
+from sparsebert.engine.training import CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE, checkpoint_step, load_resume_checkpoint, \
     save_checkpoint
 
 ES = EvalSpec(eval_blocks=4, head_steps=2)
@@ -201,7 +201,7 @@ def test_stale_temporary_ticket_dirs_are_removed_unless_their_writer_is_alive(ma
 
 
 def _lock_id(store: TicketStore, tid: str):
-    from sparsebert.fsutil import file_lock
+    from sparsebert.engine.fsutil import file_lock
 
     return file_lock(store.root / "tickets" / f".{tid}.lock")
 
@@ -214,7 +214,7 @@ def _imp_spec(smoke, sparsity):
 
 
 def test_imp_resumed_after_its_last_round_returns_its_ticket_and_emits_the_siblings(smoke, tmp_path, monkeypatch):
-    import sparsebert.pipeline as pipeline
+    import sparsebert.tickets.pipeline as pipeline
 
     spec, sibling = _imp_spec(smoke, 0.2), _imp_spec(smoke, 0.1)
     store = TicketStore(tmp_path)

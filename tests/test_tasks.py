@@ -9,9 +9,9 @@ from collections import Counter
 
 import pytest
 
-from sparsebert import embedded_polarity, task_tokenize, tasks
-from sparsebert.task_data import load_task
-from sparsebert.tasks import get_task, main_score
+from sparsebert.transfer import embedded_polarity, task_tokenize, tasks
+from sparsebert.transfer.task_data import load_task
+from sparsebert.transfer.tasks import get_task, main_score
 
 # ------------------------------------------------------------------------------------------------ registry
 
@@ -212,7 +212,7 @@ def _write_mnli(root):
 
 
 def test_mnli_layout_both_dev_sets(tmp_path, monkeypatch):
-    monkeypatch.setattr("sparsebert.glue_tsv.MAX_BAD_FRACTION", 1.0)  # 1 of 5 rows bad: the parse, not the limit
+    monkeypatch.setattr("sparsebert.transfer.glue_tsv.MAX_BAD_FRACTION", 1.0)  # 1 of 5 rows bad: the parse, not the limit
     _write_mnli(tmp_path)
     with pytest.warns(UserWarning, match=r"dropped 1 malformed row"):
         dd = load_task("mnli", tmp_path)
@@ -232,7 +232,7 @@ def test_mnli_layout_both_dev_sets(tmp_path, monkeypatch):
 
 
 def test_qqp_layout(tmp_path, monkeypatch):
-    monkeypatch.setattr("sparsebert.glue_tsv.MAX_BAD_FRACTION", 1.0)  # 2 of 4 rows bad: the parse, not the limit
+    monkeypatch.setattr("sparsebert.transfer.glue_tsv.MAX_BAD_FRACTION", 1.0)  # 2 of 4 rows bad: the parse, not the limit
     d = tmp_path / "glue" / "QQP"
     d.mkdir(parents=True)
     rows = [

@@ -5,16 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sparsebert.data import TextDataConfig, tokenized_blocks
-from sparsebert.evaluation import evaluate_kd, evaluate_mlm
-from sparsebert.imp import IMP, IMPSpec
-from sparsebert.masking import mask_params, num_pruned
-from sparsebert.models import load_pretraining_model
-from sparsebert.pruning import magnitude_masks
-from sparsebert.registry import prunable_weights
-from sparsebert.tamt import TAMT, MaskInit, TAMTSpec
-from sparsebert.ticket import Method, Ticket
-from sparsebert.training import TrainConfig, train
+from sparsebert.text.data import TextDataConfig, tokenized_blocks
+from sparsebert.tickets.evaluation import evaluate_kd, evaluate_mlm
+from sparsebert.tickets.imp import IMP, IMPSpec
+from sparsebert.tickets.masking import mask_params, num_pruned
+from sparsebert.models.loading import load_pretraining_model
+from sparsebert.tickets.pruning import magnitude_masks
+from sparsebert.models.registry import prunable_weights
+from sparsebert.tickets.tamt import TAMT, MaskInit, TAMTSpec
+from sparsebert.tickets.ticket import Method, Ticket
+from sparsebert.engine.training import TrainConfig, train
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,11 @@ from typing import Any, Callable
 
 import torch
 
-from sparsebert.finders import FinderSpec
-from sparsebert.finders import finder_spec as spec_from_dict
-from sparsebert.pipeline import EvalSpec
-from sparsebert.runtime import Runtime
-from sparsebert.runtime import resolve as resolve_runtime
+from sparsebert.tickets.finders import FinderSpec, ticket_config
+from sparsebert.tickets.finders import finder_spec as spec_from_dict
+from sparsebert.tickets.pipeline import EvalSpec
+from sparsebert.engine.runtime import Runtime
+from sparsebert.engine.runtime import resolve_runtime
 
 from .session import Session
 
@@ -71,17 +71,13 @@ def trial_runtime(config: dict[str, Any], log: Callable[[str], None] | None = No
 
 def finder_spec(config: dict[str, Any]) -> FinderSpec:
     """The ticket spec of a trial: ``ticket`` (common fields) overlaid with ``variant`` (one grid point)."""
-    return spec_from_dict(_ticket_dict(config))
-
-
-def _ticket_dict(config: dict[str, Any]) -> dict[str, Any]:
-    return {**config.get("ticket", {}), **(config.get("variant") or {})}
+    return spec_from_dict(ticket_config(config))
 
 
 def eval_spec(config: dict[str, Any]) -> EvalSpec:
     """The space's ``eval`` section; its text defaults to the ticket section's (one held-out text per space)."""
     ev = dict(config.get("eval") or {})
-    text = _ticket_dict(config).get("text")
+    text = ticket_config(config).get("text")
     if ev.get("text") is None and text is not None:
         ev["text"] = text
     return EvalSpec(**ev)

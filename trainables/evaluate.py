@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sparsebert.pipeline import SharedText, TicketStore, evaluate_ticket
+from sparsebert.tickets.pipeline import SharedText, TicketStore, evaluate_ticket
 
 from .common import eval_spec, finder_spec, log_fn, setup_worker, ticket_columns, trial_runtime
 from .session import Session, TuneSession

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sparsebert.pipeline import SharedText, TicketStore
-from sparsebert.training import CHECKPOINT_FILE
+from sparsebert.tickets.pipeline import SharedText, TicketStore
+from sparsebert.engine.training import CHECKPOINT_FILE
 
 from .common import eval_spec, finder_spec, log_fn, reporter, setup_worker, ticket_columns, trial_runtime
 from .session import Session, TuneSession

@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sparsebert.finetune import FineTune, split_transfer
-from sparsebert.models import load_tokenizer
-from sparsebert.pipeline import SharedText, TicketStore
-from sparsebert.ticket import Method
+from sparsebert.transfer.finetune import FineTune, split_transfer
+from sparsebert.models.loading import load_tokenizer
+from sparsebert.tickets.pipeline import SharedText, TicketStore
+from sparsebert.tickets.ticket import Method
 
 from .common import (eval_spec, fault_injector, finder_spec, log_fn, reporter, setup_worker, ticket_columns,
                      trial_runtime)
@@ -34,7 +34,7 @@ def transfer_trainable(config: dict[str, Any], shared: SharedText | None = None,
     extra = {"stage": "transfer", "task": ft_cfg.task, "total_steps": train_cfg.steps, "transfer_seed": train_cfg.seed, "ticket_made": int(made),
              "find_s": find_s, "startup_s": time.perf_counter() - t0, "data_bad_rows": ft.bad_rows,
              **ticket_columns(spec, store.path(spec), ticket.meta.metrics, rt)}
-    from sparsebert.training import train
+    from sparsebert.engine.training import train
 
     with session.resume_dir() as ckpt:
         train(ft, train_cfg, report=reporter(session, extra, config.get("checkpoint_every", 1)), resume_from=ckpt, log=log,

@@ -1,0 +1,1 @@
+"""The engine: one training loop, runtimes (device, precision), optimizers, crash-safe files."""

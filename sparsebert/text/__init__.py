@@ -1,0 +1,1 @@
+"""Pre-training text: the embedded corpus and model set-up, tokenized text, MLM/KD batches."""

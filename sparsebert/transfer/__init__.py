@@ -1,0 +1,1 @@
+"""Downstream tasks and transfer: GLUE/SQuAD/polarity data, tokenization, batches, metrics, fine-tuning."""
