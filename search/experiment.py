@@ -8,7 +8,8 @@ from pathlib import Path
 
 from . import EXIT_BAD_INPUT, EXIT_OK
 from .driver import DriverBusy, clean_leftovers, clear_experiment, driver_lock, experiment_files
-from .tuner import fit, is_uri
+from .resume_checks import is_uri
+from .tuner import fit
 
 
 def _check_executor(space, args) -> str | None:

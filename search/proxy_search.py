@@ -40,7 +40,8 @@ from sparsebert.engine.fsutil import atomic_write
 from . import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INFRA, EXIT_INTERRUPTED
 from .results import results_frame, summarize
 from .trial_list import ticket_config
-from .tuner import build_tuner, init_ray, is_uri, shared_inputs
+from .resume_checks import is_uri
+from .tuner import build_tuner, init_ray, shared_inputs
 
 SELECTION_FILE = "proxy_selection.csv"
 SELECTION_COLUMNS = ["ticket_id", "label", "method", "init", "objective", "steps", "sparsity", "ticket_seed",

@@ -106,6 +106,7 @@ def kept_note(exp_dir: Path) -> str:
 
 
 def is_uri(s: str) -> bool:
+    """A storage given as a URI (s3://, gs://, ...) rather than a local path."""
     return "://" in str(s)
 
 

@@ -10,10 +10,7 @@ from pathlib import Path
 
 from . import EXIT_INFRA, EXIT_INTERRUPTED
 from .results import summarize, write_results
-
-
-def is_uri(s: str) -> bool:
-    return "://" in s
+from .resume_checks import is_uri
 
 
 def init_ray(address: str | None, cpus: int | None, gpus: int | None = None) -> None:
