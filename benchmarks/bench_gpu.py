@@ -53,7 +53,7 @@ from sparsebert.models.objectives import mlm_loss_at  # noqa: E402
 from sparsebert.engine.runtime import Runtime, RuntimeConfig, resolve_runtime  # noqa: E402
 from sparsebert.tickets.tamt import TAMT, TAMTSpec  # noqa: E402
 from sparsebert.transfer.task_tensors import TaskTensors  # noqa: E402
-from sparsebert.engine.training import TrainConfig, train  # noqa: E402
+from sparsebert.engine.training import RecipeDefaults, TrainConfig, train  # noqa: E402
 
 BERT_BASE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
 CPU_SHAPE = dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024)
@@ -69,7 +69,7 @@ def random_bert(shape: dict, seed: int = 0) -> PretrainingModel:
     return PretrainingModel(base, head, head_pretrained=True)
 
 
-class DenseMLM:
+class DenseMLM(RecipeDefaults):
     """The dense baseline: every weight trains on the MLM loss (the step TAMT is compared with)."""
 
     def __init__(self, model, tok, blocks, batch_size, runtime):
@@ -84,8 +84,6 @@ class DenseMLM:
     def models(self):
         return [self.model]
 
-    def schedule_steps(self):
-        return None
 
     def batches(self, start):
         step = start
@@ -101,17 +99,9 @@ class DenseMLM:
         out = self.step_model(b["input_ids"])
         return mlm_loss_at(self.model, out.last_hidden_state, b["positions"], b["targets"]), {}
 
-    def after_step(self, step):
-        return False
 
-    def evaluate(self, step):
-        return {}
 
-    def state_dict(self):
-        return {}
 
-    def load_state_dict(self, state):
-        pass
 
 
 def time_method(method, rt: Runtime, steps: int, warmup: int) -> float:

@@ -12,7 +12,7 @@ import torch
 from sparsebert.models.loading import load_tokenizer
 from sparsebert.engine.runtime import Runtime
 from sparsebert.transfer.task_tensors import TaskTensors
-from sparsebert.engine.training import TrainConfig, train
+from sparsebert.engine.training import RecipeDefaults, TrainConfig, train
 
 MINILM = dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536)
 
@@ -39,7 +39,7 @@ def glue_like_lengths(n: int, seed: int = 0, max_length: int = 128) -> torch.Ten
     return (torch.exp(torch.randn(n, generator=g) * 0.6 + 2.5) + 3).long().clamp(4, max_length)
 
 
-class ClassifyStep:
+class ClassifyStep(RecipeDefaults):
     """The project's fine-tuning step (``train()``, a baked 0.5 ticket, the runtime's compile) on a random
     MiniLM-shaped classifier over given rows: FineTune's step without its data loading (no ``datasets`` here)."""
 
@@ -65,8 +65,6 @@ class ClassifyStep:
     def models(self):
         return [self.model]
 
-    def schedule_steps(self):
-        return None
 
     def batches(self, start):
         from sparsebert.transfer.task_tensors import train_batches
@@ -81,17 +79,9 @@ class ClassifyStep:
     def after_backward(self):
         self.grad_mask()
 
-    def after_step(self, step):
-        return False
 
-    def evaluate(self, step):
-        return {}
 
-    def state_dict(self):
-        return {}
 
-    def load_state_dict(self, state):
-        pass
 
 
 def rows(n: int, lengths: torch.Tensor, seq: int, padding_mask: bool = False) -> TaskTensors:

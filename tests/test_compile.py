@@ -11,7 +11,7 @@ from transformers import AutoModel
 
 from sparsebert.transfer.finetune import FineTune, FinetuneConfig
 from sparsebert.tickets.pruning import omp_ticket
-from sparsebert.engine.runtime import CompileMode, Runtime, RuntimeConfig, resolve_runtime
+from sparsebert.engine.runtime import Runtime, Switch, RuntimeConfig, resolve_runtime
 from sparsebert.engine.training import TrainConfig, train
 from search_spaces.loader import SpaceError, load_space
 
@@ -21,7 +21,7 @@ def test_compile_knob_resolves_auto_off_on_the_cpu_and_is_validated(tmp_path):
     assert resolve_runtime(RuntimeConfig(device="cpu", compile=True)).compile is True  # YAML booleans
     assert resolve_runtime({"device": "cpu", "compile": "false"}).compile is False
     assert RuntimeConfig(compile="TRUE").as_dict()["compile"] == "true"
-    assert RuntimeConfig().compile is CompileMode.AUTO
+    assert RuntimeConfig().compile is Switch.AUTO
     with pytest.raises(ValueError, match="compile: must be auto, true or false"):
         RuntimeConfig(compile="sometimes")
     space = tmp_path / "s.yaml"

@@ -15,11 +15,11 @@ from torch import nn
 
 import run_search
 from search_spaces.loader import load_space
-from sparsebert.engine.training import (TrainConfig, _build_optim, _schedule, apply_hyperparameters, read_checkpoint,
-                                 state_sha256)
+from sparsebert.engine.training import (RecipeDefaults, TrainConfig, _build_optim, _schedule, apply_hyperparameters,
+                                        read_checkpoint, state_sha256)
 
 
-class _Linear:
+class _Linear(RecipeDefaults):
     """The smallest Recipe: one linear layer on fixed random data."""
 
     def __init__(self):
@@ -33,8 +33,6 @@ class _Linear:
     def models(self):
         return [self.model]
 
-    def schedule_steps(self):
-        return None
 
     def batches(self, start):
         while True:
@@ -44,11 +42,7 @@ class _Linear:
         x, y = batch
         return ((self.model(x) - y) ** 2).mean(), {}
 
-    def after_step(self, step):
-        return False
 
-    def evaluate(self, step):
-        return {}
 
     def state_dict(self):
         return {"model": self.model.state_dict()}

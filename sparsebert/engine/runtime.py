@@ -36,22 +36,24 @@ class Precision(str, enum.Enum):
     FP16 = "fp16"
 
 
-class CompileMode(str, enum.Enum):
+class Switch(str, enum.Enum):
+    """A knob that is on, off, or decided per runtime (``compile``, ``static_shapes``)."""
+
     AUTO = "auto"
     TRUE = "true"
     FALSE = "false"
 
 
-def compile_mode(value: Any) -> CompileMode:
-    """A ``compile`` value (YAML gives booleans for true/false) as a :class:`CompileMode`; ValueError otherwise."""
-    if isinstance(value, CompileMode):
+def switch(value: Any, name: str) -> Switch:
+    """A :class:`Switch` value (YAML gives booleans for true/false); ValueError naming ``name`` otherwise."""
+    if isinstance(value, Switch):
         return value
     if isinstance(value, bool):
-        return CompileMode.TRUE if value else CompileMode.FALSE
+        return Switch.TRUE if value else Switch.FALSE
     try:
-        return CompileMode(str(value).strip().lower() if isinstance(value, str) else value)
+        return Switch(str(value).strip().lower() if isinstance(value, str) else value)
     except ValueError:
-        raise ValueError(f"compile: must be auto, true or false, got {value!r}") from None
+        raise ValueError(f"{name}: must be auto, true or false, got {value!r}") from None
 
 
 DTYPES = {Precision.FP32: torch.float32, Precision.BF16: torch.bfloat16, Precision.FP16: torch.float16}
@@ -69,7 +71,7 @@ class RuntimeConfig:
         "help": "auto (the GPU Ray gave the trial, else CPU) | cpu | cuda | cuda:N | mps"})
     precision: Precision = field(default=Precision.AUTO, metadata={
         "help": "auto (bf16 on GPUs that support it, fp32 elsewhere) | fp32 | bf16 | fp16 (with a grad scaler)"})
-    compile: CompileMode = field(default=CompileMode.AUTO, metadata={
+    compile: Switch = field(default=Switch.AUTO, metadata={
         "help": "auto (on CUDA only, where it was measured to help) | true | false: torch.compile the training step"})
 
     def __post_init__(self) -> None:
@@ -80,7 +82,7 @@ class RuntimeConfig:
         except ValueError:
             raise ValueError(f"precision: must be one of {[p.value for p in Precision]}, "
                              f"got {self.precision!r}") from None
-        self.compile = compile_mode(self.compile)
+        self.compile = switch(self.compile, "compile")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> "RuntimeConfig":
@@ -141,7 +143,7 @@ class Runtime:
 
     device: torch.device = torch.device("cpu")
     dtype: torch.dtype = torch.float32
-    compile: bool = False  # torch.compile the training step (resolved from CompileMode)
+    compile: bool = False  # torch.compile the training step (resolved from the compile Switch)
     compile_backend: str = "inductor"  # torch.compile's backend (tests count recompiles with the quick aot_eager)
 
     @property
@@ -213,7 +215,7 @@ def resolve_runtime(cfg: RuntimeConfig | dict | None = None) -> Runtime:
         if dtype == torch.float32:
             torch.set_float32_matmul_precision("high")  # TF32 tensor cores for fp32 matmuls
         torch.cuda.set_device(device)
-    on = cfg.compile is CompileMode.TRUE or (cfg.compile is CompileMode.AUTO and device.type == "cuda")
+    on = cfg.compile is Switch.TRUE or (cfg.compile is Switch.AUTO and device.type == "cuda")
     return Runtime(device, dtype, on)
 
 

@@ -227,12 +227,7 @@ def apply_masks(
     ``zero_pruned=True`` also zeroes the pruned entries of the stored weights (fine-tuning: the surviving weights
     start from the pre-trained values, pruned ones are zero everywhere, not only in the forward pass).
     """
-    if isinstance(masks, Ticket):
-        masks = masks.masks
-    if has_masks(model):
-        raise ValueError("model already has masks applied: call remove_masks() first")
-    masks = _drop_absent_pooler(masks, weight_shapes(model))
-    validate_masks(masks, weight_shapes(model))
+    masks = _checked_masks(model, masks)
     from sparsebert.models.registry import weight_of
 
     modules = prunable_modules(model)
@@ -305,18 +300,25 @@ def bake(model: nn.Module) -> nn.Module:
     return remove_masks(model, bake=True)
 
 
-def bake_ticket(model: nn.Module, masks: dict[str, torch.Tensor] | Ticket) -> list[tuple[nn.Parameter, torch.Tensor]]:
-    """Apply a fixed ticket without parametrizations: the pruned entries of the stored weights are zeroed in place
-    (a decoder tied to a masked embedding shares its zeros). Returns the (weight, mask) pairs, each mask in its
-    weight's dtype and on its device, for :class:`GradMask`. Validated like :func:`apply_masks`."""
-    from sparsebert.models.registry import weight_of
-
+def _checked_masks(model: nn.Module, masks: dict[str, torch.Tensor] | Ticket) -> dict[str, torch.Tensor]:
+    """The masks to apply to ``model``: a ticket's, minus a pooler mask the model has no pooler for, validated
+    against the model's prunable weights; the model must carry no masks yet."""
     if isinstance(masks, Ticket):
         masks = masks.masks
     if has_masks(model):
         raise ValueError("model already has masks applied: call remove_masks() first")
     masks = _drop_absent_pooler(masks, weight_shapes(model))
     validate_masks(masks, weight_shapes(model))
+    return masks
+
+
+def bake_ticket(model: nn.Module, masks: dict[str, torch.Tensor] | Ticket) -> list[tuple[nn.Parameter, torch.Tensor]]:
+    """Apply a fixed ticket without parametrizations: the pruned entries of the stored weights are zeroed in place
+    (a decoder tied to a masked embedding shares its zeros). Returns the (weight, mask) pairs, each mask in its
+    weight's dtype and on its device, for :class:`GradMask`. Validated like :func:`apply_masks`."""
+    from sparsebert.models.registry import weight_of
+
+    masks = _checked_masks(model, masks)
     modules = prunable_modules(model)
     pairs = []
     with torch.no_grad():

@@ -27,7 +27,7 @@ from sparsebert.transfer import squad
 from sparsebert.tickets.masking import GradMask, apply_masks, bake_ticket, unparametrized_state
 from sparsebert.transfer.metrics import squad_metrics
 from sparsebert.models.loading import TRUST_REMOTE_CODE, model_path
-from sparsebert.engine.runtime import CPU, Runtime, prefetch, to_cpu
+from sparsebert.engine.runtime import CPU, Runtime, Switch, prefetch, switch, to_cpu
 from sparsebert.transfer.task_tensors import TaskTensors, eval_batches, eval_order, train_batches
 from sparsebert.transfer.task_data import load_task
 from sparsebert.transfer.task_tokenize import tokenize_task
@@ -71,12 +71,6 @@ class MaskMode(str, enum.Enum):
     PARAMETRIZED = "parametrized"
 
 
-class StaticShapes(str, enum.Enum):
-    AUTO = "auto"
-    TRUE = "true"
-    FALSE = "false"
-
-
 @dataclass
 class FinetuneConfig:
     """Downstream task and data knobs (optimisation knobs live in TrainConfig)."""
@@ -98,17 +92,15 @@ class FinetuneConfig:
     length_buckets: int = knob(50, "length bucketing: rows sorted by length in chunks of batch_size x N (1: off)",
                                min=1)
     mask_mode: MaskMode = knob(MaskMode.BAKED, "baked: zeros in the weights, pruned grads zeroed | parametrized")
-    static_shapes: StaticShapes = knob(StaticShapes.AUTO, "batch widths rounded to pad_multiple, full last batches "
+    static_shapes: Switch = knob(Switch.AUTO, "batch widths rounded to pad_multiple, full last batches "
                                        "| auto: where the runtime compiles or is CUDA")
     pad_multiple: int = knob(32, "static shapes: batch widths are multiples of this", min=1)
 
     def __post_init__(self) -> None:
         get_task(self.task)  # unknown task -> ValueError listing the valid names
-        if isinstance(self.static_shapes, bool):  # YAML true/false
-            self.static_shapes = "true" if self.static_shapes else "false"
+        self.static_shapes = switch(self.static_shapes, "static_shapes")
         check_knobs(self)
         self.mask_mode = MaskMode(self.mask_mode)
-        self.static_shapes = StaticShapes(self.static_shapes)
 
 
 #: keys of a space's ``transfer`` section that are TrainConfig fields (the rest are FinetuneConfig's)
@@ -197,7 +189,7 @@ class FineTune:
         elif ticket is not None:
             self.grad_mask = GradMask(bake_ticket(self.model, ticket))
         static = cfg.static_shapes
-        self.static = static is StaticShapes.TRUE or (static is StaticShapes.AUTO and runtime.static_shapes)
+        self.static = static is Switch.TRUE or (static is Switch.AUTO and runtime.static_shapes)
         self.multiple = cfg.pad_multiple if self.static else 0
         self.step_model = runtime.compiled(self.model)  # the model itself unless the runtime compiles
         self.best: dict[str, Any] = {"best_score": -math.inf, "best_step": 0}
