@@ -197,30 +197,24 @@ def prepare_eval_features(
     return out
 
 
+def _features(dataset, prepare, desc: str, tokenizer, max_length: int, stride: int, padding, stride_mode: str):
+    return dataset.map(prepare, batched=True, remove_columns=dataset.column_names, desc=desc,
+                       fn_kwargs=dict(tokenizer=tokenizer, max_length=max_length, stride=stride, padding=padding,
+                                      stride_mode=stride_mode))
+
+
 def build_train_features(dataset, tokenizer, max_length: int = 384, stride: int = 128, padding="max_length",
                          stride_mode: str = "overlap"):
     """``datasets.Dataset`` of SQuAD examples -> training features (original columns removed)."""
-    return dataset.map(
-        prepare_train_features,
-        batched=True,
-        remove_columns=dataset.column_names,
-        fn_kwargs=dict(tokenizer=tokenizer, max_length=max_length, stride=stride, padding=padding,
-                       stride_mode=stride_mode),
-        desc="SQuAD train features",
-    )
+    return _features(dataset, prepare_train_features, "SQuAD train features", tokenizer, max_length, stride, padding,
+                     stride_mode)
 
 
 def build_eval_features(dataset, tokenizer, max_length: int = 384, stride: int = 128, padding="max_length",
                         stride_mode: str = "overlap"):
     """``datasets.Dataset`` of SQuAD examples -> evaluation features (original columns removed)."""
-    return dataset.map(
-        prepare_eval_features,
-        batched=True,
-        remove_columns=dataset.column_names,
-        fn_kwargs=dict(tokenizer=tokenizer, max_length=max_length, stride=stride, padding=padding,
-                       stride_mode=stride_mode),
-        desc="SQuAD eval features",
-    )
+    return _features(dataset, prepare_eval_features, "SQuAD eval features", tokenizer, max_length, stride, padding,
+                     stride_mode)
 
 
 def _column(rows: Any, name: str) -> list:
