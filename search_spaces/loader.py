@@ -156,7 +156,8 @@ def validate(path: Path, raw: dict[str, Any]) -> Space:
         EvalSpec(**ev)
     except (TypeError, ValueError) as e:
         raise _err(path, "eval", str(e)) from None
-    tune_cfg = _validate_tune(path, dict(raw.get("tune") or {}), stage, variants is not None, ticket, transfer)
+    tune_cfg = _validate_tune(path, dict(raw.get("tune") or {}), stage, variants is not None, ticket, transfer,
+                              proxy=raw.get("proxy") is not None)
     resources = dict(raw.get("resources") or {"cpu": 1})
     bad = set(resources) - {"cpu", "gpu"}
     if bad:
@@ -190,6 +191,7 @@ def validate(path: Path, raw: dict[str, Any]) -> Space:
         from .proxy_rules import check_space
 
         check_space(space)
+        check_metric(path, stage, tune_cfg["metric"], transfer)
     return space
 
 
@@ -240,13 +242,14 @@ def _check_text(path: Path, key: str, text: dict) -> None:
                 raise _err(path, f"{key}.text.source", f"{part} does not exist")
 
 
-def _validate_tune(path, t, stage, has_variants, ticket, transfer) -> dict[str, Any]:
+def _validate_tune(path, t, stage, has_variants, ticket, transfer, proxy: bool = False) -> dict[str, Any]:
     unknown = set(t) - TUNE_KEYS
     if unknown:
         raise _err(path, f"tune.{sorted(unknown)[0]}", f"unknown key; valid: {sorted(TUNE_KEYS)}")
     default_metric = {"transfer": "score", "find": "kd_loss", "evaluate": "kd_loss"}[stage]
     t.setdefault("metric", default_metric)
-    check_metric(path, stage, t["metric"], transfer)
+    if not proxy:  # a proxy space's stages are checked with its rule (proxy_rules.check_space), then its metric
+        check_metric(path, stage, t["metric"], transfer)
     t.setdefault("mode", "max" if t["metric"] in ("score", "best_score") else "min")
     if t["mode"] not in ("min", "max"):
         raise _err(path, "tune.mode", "must be min or max")

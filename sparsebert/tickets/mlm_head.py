@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from sparsebert.text.batching import pretraining_batches
-from sparsebert.models.loading import PretrainingModel, load_head, save_head
+from sparsebert.models.loading import PretrainingModel, load_head, model_path, save_head
 from sparsebert.models.objectives import mlm_loss_at
 from sparsebert.engine.runtime import CPU, Runtime, to_cpu
 from sparsebert.tickets.ticket import config_hash
@@ -112,7 +112,7 @@ def head_sha256(model: PretrainingModel) -> str:
 def head_cache_path(model_name: str, data_id: str, cfg: HeadFitConfig) -> Path:
     from sparsebert.engine.fsutil import cache_root
 
-    key = config_hash({"model": str(Path(resolve(model_name)).resolve()) if Path(resolve(model_name)).exists()
+    key = config_hash({"model": str(Path(model_path(model_name)).resolve()) if Path(model_path(model_name)).exists()
                        else model_name, "data": data_id, **cfg.__dict__, "fit_version": HEAD_FIT_VERSION})
     return cache_root() / "mlm_heads" / f"{key}.safetensors"
 
