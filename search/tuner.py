@@ -166,7 +166,7 @@ def fit(space, exp_dir, storage, name, store_root, args, restore: bool) -> int:
     # the Tune experiment: a local one is the directory itself (resume: where it is now), a URI one <storage>/<name>
     path = f"{storage}/{name}" if is_uri(storage) else str(exp_dir)
     local = not is_uri(storage)
-    rebuild = False
+    rebuild, fresh = False, None  # fresh: the plan of a resume without Tune's state (search/rerun.py)
     if restore and local:
         damage = tune_state_damage(exp_dir)  # named before Ray starts; nothing in it is unpickled here
         if damage and tuner_pkl_damage(exp_dir) and not experiment_state_damage(exp_dir):
@@ -179,20 +179,36 @@ def fit(space, exp_dir, storage, name, store_root, args, restore: bool) -> int:
                   f"{sorted(exp_dir.glob('experiment_state-*.json'))[-1].name}", file=sys.stderr)
             rebuild = True
         elif damage:
-            note = _from_trial_dirs(exp_dir, name)
-            print(f"error: cannot resume {exp_dir}: its Tune state is damaged: {damage}; "
-                  f"{note or kept_note(exp_dir)}", file=sys.stderr)
-            return EXIT_INFRA
-    guard = FileGuard(exp_dir / TUNER_PKL) if local else None  # Tune rewrites it: never leave it cut short
+            note = _from_trial_dirs(exp_dir, name, hint=False)
+            fresh = _without_state(space, exp_dir, store_root, damage, note)
+            if fresh is None:
+                print(f"error: cannot resume {exp_dir}: its Tune state is damaged: {damage}; "
+                      f"{note or kept_note(exp_dir)}", file=sys.stderr)
+                return EXIT_INFRA
+            if fresh.refused:
+                print(f"error: cannot resume the unfinished trials of {exp_dir}: its Tune state is damaged "
+                      f"({damage}) and {fresh.refused}; {note or kept_note(exp_dir)}", file=sys.stderr)
+                return EXIT_INFRA
+            if not fresh.configs:  # every trial finished: the results from their directories are the results
+                return summarize(write_results(_trial_dirs(exp_dir), exp_dir, name), exp_dir, time.time() - t0)
+    guard = FileGuard(exp_dir / TUNER_PKL) if local and fresh is None else None  # never leave it cut short
     try:
         init_ray(args.address, args.cpus, getattr(args, "gpus", None))
         shared = None if getattr(args, "no_shared_inputs", False) else shared_inputs(space)
-        if rebuild:
-            build_tuner(space, exp_dir, storage, name, store_root, shared, getattr(args, "max_concurrent", None))
-            guard = FileGuard(exp_dir / TUNER_PKL)
-        if restore:
+        if fresh is not None:
+            from .rerun import fresh_tuner, set_aside
+
+            aside = set_aside(exp_dir, fresh)
+            print(f"note: the damaged Tune state and the {len(fresh.unfinished)} unfinished trial dir(s) are in "
+                  f"{aside}; a fresh Tune run in {exp_dir} runs {len(fresh.configs)} trial(s)", file=sys.stderr)
+            tuner = fresh_tuner(space, storage, name, trainable(space, shared), fresh.configs,
+                                getattr(args, "max_concurrent", None))
+        elif restore:
             from ray import tune
 
+            if rebuild:
+                build_tuner(space, exp_dir, storage, name, store_root, shared, getattr(args, "max_concurrent", None))
+                guard = FileGuard(exp_dir / TUNER_PKL)
             try:
                 tuner = tune.Tuner.restore(path, trainable=trainable(space, shared), resume_errored=True)
             except Exception as e:  # noqa: BLE001 -- a state the checks above could not see is damaged
@@ -216,7 +232,7 @@ def fit(space, exp_dir, storage, name, store_root, args, restore: bool) -> int:
             print(f"note: {exp_dir / TUNER_PKL} was cut short while Tune rewrote it; the good copy is back",
                   file=sys.stderr)
     try:
-        df = write_results(grid, exp_dir, name)
+        df = write_results(_carried(grid, exp_dir), exp_dir, name)
     except ResultsWriteError as e:  # e.g. the disk is full: the files there before are unchanged
         print(f"error: {e}; the trials' own directories and the Tune state are kept: free space, then "
               f"`run_search.py resume {exp_dir}`", file=sys.stderr)
@@ -232,7 +248,7 @@ def _full(exp_dir: Path) -> str:
     return f" -- ENOSPC: {why}" if why else ""
 
 
-def _from_trial_dirs(exp_dir: Path, name: str) -> str | None:
+def _from_trial_dirs(exp_dir: Path, name: str, hint: bool = True) -> str | None:
     """Write the results from the trials' own directories (whatever Tune's state says); a sentence on what was
     written, or None when there is no Ray trial directory (or nothing could be written)."""
     from .resume_checks import ray_trial_results
@@ -247,8 +263,8 @@ def _from_trial_dirs(exp_dir: Path, name: str) -> str | None:
         return f"the results could not be written from the {len(found)} trial directories either ({e})"
     done = int((df["status"] == "TERMINATED").sum())
     where = df.attrs.get("results_file") or Path(exp_dir) / "results.parquet"
-    return (f"the results of the {len(found)} trial directories ({done} finished) are in {where}; "
-            f"`run_search.py resume {exp_dir}` runs the rest")
+    return (f"the results of the {len(found)} trial directories ({done} finished) are in {where}"
+            + (f"; `run_search.py resume {exp_dir}` runs the rest" if hint else ""))
 
 
 def _kept(exp_dir: Path, name: str) -> str:
@@ -263,7 +279,44 @@ def _write_partial(storage, name, exp_dir, space) -> None:
 
         path = f"{storage}/{name}" if is_uri(storage) else str(exp_dir)
         grid = tune.Tuner.restore(path, trainable=trainable(space, None)).get_results()
-        write_results(grid, exp_dir, name)
+        write_results(grid if is_uri(storage) else _carried(grid, exp_dir), exp_dir, name)
     except Exception as e:  # the Tune state cannot be read back: the trials' own directories can
         note = None if is_uri(storage) else _from_trial_dirs(Path(exp_dir), name)
         print(note or f"(partial results not written: {e})", file=sys.stderr)
+
+
+def _carried(grid, exp_dir: Path):
+    """``grid`` plus the trials carried over from a Tune state that was lost (``carried_trials.json``)."""
+    if not (Path(exp_dir) / "carried_trials.json").is_file():
+        return grid
+    from .rerun import with_carried
+
+    return with_carried(grid, exp_dir)
+
+
+def _trial_dirs(exp_dir: Path) -> list:
+    from .resume_checks import ray_trial_results
+
+    return ray_trial_results(Path(exp_dir))
+
+
+def _without_state(space, exp_dir: Path, store_root, damage: str, note: str | None):
+    """The plan of a resume that does without the damaged Tune state (:func:`search.rerun.plan`), said on stderr;
+    None when ``exp_dir`` holds no trace of a Ray Tune run (then there is nothing to resume this way)."""
+    from .resume_checks import STATE_GLOB, TUNER_PKL
+
+    traces = [exp_dir / TUNER_PKL, exp_dir / "carried_trials.json", *exp_dir.glob(STATE_GLOB),
+              *exp_dir.glob("*/params.json")]
+    if not any(p.exists() for p in traces):
+        return None
+    from .rerun import plan
+
+    p = plan(space, exp_dir, store_root)
+    if p.refused:
+        return p
+    print(f"note: {damage}; resuming without Tune's state: "
+          f"{note + '; ' if note else ''}{len(p.finished)} finished trial(s) are kept as they are (not run again), "
+          f"{len(p.configs)} trial(s) still to run", file=sys.stderr)
+    for n in p.notes:
+        print(f"note: {n}", file=sys.stderr)
+    return p
