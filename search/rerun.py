@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import pickle
 from collections import Counter
 from dataclasses import dataclass, field
@@ -110,12 +111,21 @@ def plan(space, exp_dir: Path, store_root: Path) -> Plan:
 
 def _space_size(space, store_root: Path) -> int:
     """How many trials a run of the space makes (Optuna: ``num_samples``; else every grid point of every sample)."""
-    from .trial_list import expand
+    from search_spaces.space import _is_dim
+
     from .tune_space import config_template
 
+    n = int(space.tune["num_samples"])
     if space.tune["searcher"]["type"] == "optuna":
-        return int(space.tune["num_samples"])
-    return len(expand(config_template(space, store_root), space.tune["num_samples"]))
+        return n
+
+    def grids(t) -> int:  # the product of the grid sizes (a sampled dimension is one value per sample)
+        if _is_dim(t):
+            return len(t["grid"]) if "grid" in t else 1
+        return math.prod(grids(v) for v in t.values()) if isinstance(t, dict) else 1
+
+    return n * grids(config_template(space, store_root))
+
 
 
 def carried(exp_dir: Path) -> list[str]:

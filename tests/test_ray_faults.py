@@ -120,3 +120,23 @@ def test_a_damaged_pbt_state_is_refused_with_the_reason(three, tmp_path, capsys)
     assert _run("resume", exp) == EXIT_INFRA
     err = capsys.readouterr().err
     assert "PBT population cannot be resumed without Tune's state" in err
+
+
+def test_a_sampled_space_without_its_searcher_state_reruns_only_the_started_unfinished_trials(three, tmp_path):
+    """A sampled (non-grid) space: the searcher's state is lost with Tune's; the unfinished trials that had started
+    run again with their recorded configs (cheap, exact), the ones never suggested are not run, and both are said."""
+    from search.rerun import plan
+    from search_spaces.loader import validate
+
+    exp = _copy(three, tmp_path)
+    meta = json.loads((exp / "space.json").read_text())
+    meta["space"]["raw"]["transfer"]["lr"] = {"loguniform": [1e-4, 1e-3]}
+    space = validate(Path(meta["space"]["path"]), meta["space"]["raw"])
+    dirs = _trial_dirs(exp)
+    (dirs["OMP"] / "result.json").write_text((dirs["OMP"] / "result.json").read_text().splitlines()[0] + "\n")
+    shutil.rmtree(dirs["Random"])
+    p = plan(space, exp, Path(meta["store_root"]))
+    assert p.refused is None and p.finished == [dirs["Dense"].name] and p.unfinished == [dirs["OMP"].name]
+    assert p.configs == [json.loads((dirs["OMP"] / "params.json").read_text())]
+    assert "searcher's state is lost" in p.notes[0] and "transfer.lr: loguniform" in p.notes[0]
+    assert "1 of the space's 3 trials had not been suggested yet" in p.notes[1]
