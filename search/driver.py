@@ -7,7 +7,9 @@ No Ray imported here.
   :class:`DriverBusy` naming the holder (the commands exit 2): two drivers on one directory would train the same
   trial twice in it.
 * :func:`clean_leftovers`: temporary files of an interrupted results write in the experiment, a local trial's
-  half-made checkpoint, and the store's stale temporary ticket directories (:meth:`TicketStore.clean_leftovers`).
+  half-made checkpoint, the store's stale temporary ticket directories (:meth:`TicketStore.clean_leftovers`), and
+  the trials' records of a deterministic error (``trainables.common.stop_deterministic_retries``: a new driver
+  tries such a trial once more).
 """
 
 from __future__ import annotations
@@ -64,9 +66,14 @@ def clean_leftovers(exp_dir: Path, store_root: Path | None, log: Callable[[str],
             p.unlink(missing_ok=True)
             removed.append(p)
         for d in (p for p in exp_dir.iterdir() if p.is_dir() and not p.is_symlink()):
+            from trainables.common import DETERMINISTIC_ERROR
             from trainables.session import clean_trial_dir
 
             removed += clean_trial_dir(d)
+            if (d / DETERMINISTIC_ERROR).is_file():  # this driver's retries stop at once; a new driver tries again
+                (d / DETERMINISTIC_ERROR).unlink()
+                log(f"note: {d.name} failed with a deterministic error before: it is tried once more "
+                    "(the cause may have been fixed)")
     if store_root is not None and Path(store_root).is_dir():
         from sparsebert.pipeline import TicketStore
 

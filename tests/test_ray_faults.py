@@ -140,3 +140,35 @@ def test_a_sampled_space_without_its_searcher_state_reruns_only_the_started_unfi
     assert p.configs == [json.loads((dirs["OMP"] / "params.json").read_text())]
     assert "searcher's state is lost" in p.notes[0] and "transfer.lr: loguniform" in p.notes[0]
     assert "1 of the space's 3 trials had not been suggested yet" in p.notes[1]
+
+
+# ------------------------------------------------------------- 2. a deterministic error is not worked through again
+
+def test_a_ticket_error_is_retried_by_tune_without_redoing_the_ticket_work(ray_local, tmp_path, capsys):
+    """The tester's smoke-model ticket in a MiniLM id: `TicketError ...` retried 3 times, each retry making the
+    ticket again. Here a TAMT trial raises a TicketError at its mask-training step 2 (debug.fail_with); Tune's
+    FailureConfig (max_failures 2) retries it, and every retry stops at once: one attempt made the ticket."""
+    space = yaml.safe_load((REPO / "search_spaces/tamt_asha.yaml").read_text())
+    space["ticket"].update(lr=1e-2, reset_every=5)
+    space["tune"].update(scheduler="fifo", max_failures=2)
+    space["debug"] = {"fail_at_step": 2, "fail_with": "TicketError"}
+    f = tmp_path / "tamt.yaml"
+    f.write_text(yaml.safe_dump(space))
+    assert _run("run", f, "--smoke", "--storage", tmp_path / "s") == 1
+    exp = tmp_path / "s" / "tamt-smoke"
+    df = pd.read_parquet(exp / "results.parquet")
+    assert len(df) == 1 and df["status"].tolist() == ["ERROR"]
+    assert "TicketError" in df["error"][0] and "not retried" in df["error"][0]
+    trial = Path(df["trial_dir"][0])
+    log = (trial / "log.txt").read_text()
+    assert log.count("runtime:") == 1  # one attempt started the ticket's mask training; the retries did nothing
+    assert log.count("step 1/4") == 1
+    assert "Failure # 3" in (trial / "error.txt").read_text()  # Tune did retry (cheaply): 3 failures
+    assert (trial / "deterministic_error.json").is_file()
+    capsys.readouterr()
+    # a resume is a new driver: the record is cleared, the trial tried once more (the cause may have been fixed);
+    # it goes on from its step-2 checkpoint, past the step that failed
+    assert _run("resume", exp) == 0
+    assert "tried once more" in capsys.readouterr().out
+    assert (trial / "log.txt").read_text().count("runtime:") == 2
+    assert pd.read_parquet(exp / "results.parquet")["status"].tolist() == ["TERMINATED"]
