@@ -11,7 +11,7 @@ or a crash), without that state: what is on disk decides.
   ``tune-state.damaged-<UTC time>/`` (kept for a post mortem); the finished ones are listed in
   ``carried_trials.json`` and stay where they are, untouched (never run again).
 * :class:`FixedConfigs`: a Tune searcher that yields exactly those configs: a fresh Tune run in the same
-  experiment directory runs them. :func:`with_carried` adds the carried trials to every later result grid, so
+  experiment directory runs them (``search.tuner.build_tuner(..., configs=...)``). :func:`with_carried` adds the carried trials to every later result grid, so
   ``results.parquet|csv`` cover the old finished trials and the new ones (at this resume and at any later one).
 """
 
@@ -182,28 +182,6 @@ class FixedConfigs(Searcher):
         with open(checkpoint_path, "rb") as f:
             state = pickle.load(f)
         self.configs, self.next = state["configs"], state["next"]
-
-
-def fresh_tuner(space, storage: str, name: str, trainable, configs: list[dict], max_concurrent):
-    """A Tune run of exactly ``configs`` in the experiment ``storage/name`` (the space's scheduler, resources,
-    failure and checkpoint settings; trial names as a normal run's)."""
-    from ray import tune
-    from ray.tune import CheckpointConfig, FailureConfig, RunConfig
-
-    from .tune_space import scheduler
-    from .tuner import _console, trial_name
-
-    return tune.Tuner(
-        trainable, param_space={},
-        tune_config=tune.TuneConfig(
-            metric=space.metric, mode=space.mode, scheduler=scheduler(space), search_alg=FixedConfigs(configs),
-            num_samples=len(configs), reuse_actors=True, trial_dirname_creator=trial_name,
-            trial_name_creator=trial_name, max_concurrent_trials=max_concurrent or space.tune.get("max_concurrent"),
-        ),
-        run_config=RunConfig(name=name, storage_path=storage, **_console(space),
-                             failure_config=FailureConfig(max_failures=space.tune["max_failures"]),
-                             checkpoint_config=CheckpointConfig(num_to_keep=1)),
-    )
 
 
 class _Merged(list):

@@ -132,18 +132,27 @@ def _console(space) -> dict:
     return {"verbose": 0, "callbacks": [LiveView(space.metric, space.mode)]}
 
 
-def build_tuner(space, exp_dir: Path, storage: str, name: str, store_root: Path, shared, max_concurrent):
+def build_tuner(space, exp_dir: Path, storage: str, name: str, store_root: Path, shared, max_concurrent,
+                configs: list[dict] | None = None):
+    """The space's Tuner; with ``configs``, a Tune run of exactly those trial configs (a resume without Tune's
+    state, :mod:`search.rerun`)."""
     from ray import tune
     from ray.tune import CheckpointConfig, FailureConfig, RunConfig
 
     from .tune_space import param_space, scheduler, searcher
 
+    if configs is not None:
+        from .rerun import FixedConfigs
+
+        params, search_alg, n = {}, FixedConfigs(configs), len(configs)
+    else:
+        params, search_alg, n = param_space(space, store_root), searcher(space), space.tune["num_samples"]
     return tune.Tuner(
         trainable(space, shared),
-        param_space=param_space(space, store_root),
+        param_space=params,
         tune_config=tune.TuneConfig(
-            metric=space.metric, mode=space.mode, scheduler=scheduler(space), search_alg=searcher(space),
-            num_samples=space.tune["num_samples"], reuse_actors=True,
+            metric=space.metric, mode=space.mode, scheduler=scheduler(space), search_alg=search_alg,
+            num_samples=n, reuse_actors=True,
             trial_dirname_creator=trial_name, trial_name_creator=trial_name,
             max_concurrent_trials=max_concurrent or space.tune.get("max_concurrent"),
         ),
@@ -196,13 +205,13 @@ def fit(space, exp_dir, storage, name, store_root, args, restore: bool) -> int:
         init_ray(args.address, args.cpus, getattr(args, "gpus", None))
         shared = None if getattr(args, "no_shared_inputs", False) else shared_inputs(space)
         if fresh is not None:
-            from .rerun import fresh_tuner, set_aside
+            from .rerun import set_aside
 
             aside = set_aside(exp_dir, fresh)
             print(f"note: the damaged Tune state and the {len(fresh.unfinished)} unfinished trial dir(s) are in "
                   f"{aside}; a fresh Tune run in {exp_dir} runs {len(fresh.configs)} trial(s)", file=sys.stderr)
-            tuner = fresh_tuner(space, storage, name, trainable(space, shared), fresh.configs,
-                                getattr(args, "max_concurrent", None))
+            tuner = build_tuner(space, exp_dir, storage, name, store_root, shared,
+                                getattr(args, "max_concurrent", None), configs=fresh.configs)
         elif restore:
             from ray import tune
 
