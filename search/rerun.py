@@ -11,8 +11,9 @@ or a crash), without that state: what is on disk decides.
   ``tune-state.damaged-<UTC time>/`` (kept for a post mortem); the finished ones are listed in
   ``carried_trials.json`` and stay where they are, untouched (never run again).
 * :class:`FixedConfigs`: a Tune searcher that yields exactly those configs: a fresh Tune run in the same
-  experiment directory runs them (``search.tuner.build_tuner(..., configs=...)``). :func:`with_carried` adds the carried trials to every later result grid, so
-  ``results.parquet|csv`` cover the old finished trials and the new ones (at this resume and at any later one).
+  experiment directory runs them (``search.tuner.build_tuner(..., configs=...)``). :func:`with_carried` adds the
+  carried trials to every later result grid, so ``results.parquet|csv`` cover the old finished trials and the new
+  ones (at this resume and at any later one).
 """
 
 from __future__ import annotations

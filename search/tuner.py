@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 
 from . import EXIT_INFRA, EXIT_INTERRUPTED
+from .driver import sigterm_as_ctrl_c
+from .local import EXIT_TERMINATED, Terminated
 from .results import summarize, write_results
 
 
@@ -55,8 +57,15 @@ def init_ray(address: str | None, cpus: int | None, gpus: int | None = None) -> 
     import ray._private.ray_constants as ray_constants
 
     ray_constants.ENABLE_RAY_CLUSTER = False
+    from . import ray_leftovers
+
+    ray_leftovers.clean()  # what a SIGKILLed driver's local Ray left running (its agents outlive it by a minute)
     ray.init(num_cpus=cpus or os.cpu_count(), num_gpus=gpus, include_dashboard=False, log_to_driver=True,
              _node_ip_address="127.0.0.1")
+    try:
+        ray_leftovers.register(ray._private.worker._global_node.get_session_dir_path())
+    except Exception:  # noqa: BLE001 -- a private attribute of Ray's: then nothing is recorded
+        pass
 
 
 def shared_inputs(space):
@@ -200,53 +209,64 @@ def fit(space, exp_dir, storage, name, store_root, args, restore: bool) -> int:
                 return EXIT_INFRA
             if not fresh.configs:  # every trial finished: the results from their directories are the results
                 return summarize(write_results(_trial_dirs(exp_dir), exp_dir, name), exp_dir, time.time() - t0)
-    guard = FileGuard(exp_dir / TUNER_PKL) if local and fresh is None else None  # never leave it cut short
-    try:
-        init_ray(args.address, args.cpus, getattr(args, "gpus", None))
-        shared = None if getattr(args, "no_shared_inputs", False) else shared_inputs(space)
-        if fresh is not None:
-            from .rerun import set_aside
+    with sigterm_as_ctrl_c() as term:  # handled like Ctrl-C until the results are written
+        guard = FileGuard(exp_dir / TUNER_PKL) if local and fresh is None else None  # never leave it cut short
+        try:
+            init_ray(args.address, args.cpus, getattr(args, "gpus", None))
+            term.arm()  # again: ray.init installs its own SIGTERM handler (a stack dump, then abort)
+            shared = None if getattr(args, "no_shared_inputs", False) else shared_inputs(space)
+            if fresh is not None:
+                from .rerun import set_aside
 
-            aside = set_aside(exp_dir, fresh)
-            print(f"note: the damaged Tune state and the {len(fresh.unfinished)} unfinished trial dir(s) are in "
-                  f"{aside}; a fresh Tune run in {exp_dir} runs {len(fresh.configs)} trial(s)", file=sys.stderr)
-            tuner = build_tuner(space, exp_dir, storage, name, store_root, shared,
-                                getattr(args, "max_concurrent", None), configs=fresh.configs)
-        elif restore:
-            from ray import tune
+                aside = set_aside(exp_dir, fresh)
+                print(f"note: the damaged Tune state and the {len(fresh.unfinished)} unfinished trial dir(s) are "
+                      f"in {aside}; a fresh Tune run in {exp_dir} runs {len(fresh.configs)} trial(s)",
+                      file=sys.stderr)
+                tuner = build_tuner(space, exp_dir, storage, name, store_root, shared,
+                                    getattr(args, "max_concurrent", None), configs=fresh.configs)
+            elif restore:
+                from ray import tune
 
-            if rebuild:
-                build_tuner(space, exp_dir, storage, name, store_root, shared, getattr(args, "max_concurrent", None))
-                guard = FileGuard(exp_dir / TUNER_PKL)
-            try:
-                tuner = tune.Tuner.restore(path, trainable=trainable(space, shared), resume_errored=True)
-            except Exception as e:  # noqa: BLE001 -- a state the checks above could not see is damaged
-                print(f"error: cannot resume {path}: Tune cannot restore its state ({type(e).__name__}: "
-                      f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}){_full(exp_dir)}; "
-                      f"{_kept(exp_dir, name)}", file=sys.stderr)
-                return EXIT_INFRA
-        else:
-            tuner = build_tuner(space, exp_dir, storage, name, store_root, shared, getattr(args, "max_concurrent", None))
-        grid = tuner.fit()
-    except KeyboardInterrupt:
-        print("\ninterrupted: resume with `run_search.py resume " + str(exp_dir) + "`", file=sys.stderr)
-        _write_partial(storage, name, exp_dir, space)
-        return EXIT_INTERRUPTED
-    except Exception as e:  # Ray could not run the experiment at all (or its state could not be written)
-        print(f"error: {type(e).__name__}: {e}{_full(exp_dir)}; {_kept(exp_dir, name) if local else ''}",
-              file=sys.stderr)
-        return EXIT_INFRA
-    finally:
-        if guard is not None and guard.restore():
-            print(f"note: {exp_dir / TUNER_PKL} was cut short while Tune rewrote it; the good copy is back",
+                if rebuild:
+                    build_tuner(space, exp_dir, storage, name, store_root, shared,
+                                getattr(args, "max_concurrent", None))
+                    guard = FileGuard(exp_dir / TUNER_PKL)
+                try:
+                    tuner = tune.Tuner.restore(path, trainable=trainable(space, shared), resume_errored=True)
+                except Exception as e:  # noqa: BLE001 -- a state the checks above could not see is damaged
+                    print(f"error: cannot resume {path}: Tune cannot restore its state ({type(e).__name__}: "
+                          f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}){_full(exp_dir)}; "
+                          f"{_kept(exp_dir, name)}", file=sys.stderr)
+                    return EXIT_INFRA
+            else:
+                tuner = build_tuner(space, exp_dir, storage, name, store_root, shared,
+                                    getattr(args, "max_concurrent", None))
+            grid = tuner.fit()
+        except KeyboardInterrupt as e:  # Ctrl-C twice (Tune's first one stops it gracefully), or before Tune ran
+            print(f"\n{'terminated (SIGTERM)' if isinstance(e, Terminated) else 'interrupted'}: resume with "
+                  f"`run_search.py resume {exp_dir}`", file=sys.stderr)
+            _write_partial(storage, name, exp_dir, space)
+            return EXIT_TERMINATED if isinstance(e, Terminated) else EXIT_INTERRUPTED
+        except Exception as e:  # Ray could not run the experiment at all (or its state could not be written)
+            print(f"error: {type(e).__name__}: {e}{_full(exp_dir)}; {_kept(exp_dir, name) if local else ''}",
                   file=sys.stderr)
-    try:
-        df = write_results(_carried(grid, exp_dir), exp_dir, name)
-    except ResultsWriteError as e:  # e.g. the disk is full: the files there before are unchanged
-        print(f"error: {e}; the trials' own directories and the Tune state are kept: free space, then "
-              f"`run_search.py resume {exp_dir}`", file=sys.stderr)
-        return EXIT_INFRA
-    return summarize(df, exp_dir, time.time() - t0)
+            return EXIT_INFRA
+        finally:
+            if guard is not None and guard.restore():
+                print(f"note: {exp_dir / TUNER_PKL} was cut short while Tune rewrote it; the good copy is back",
+                      file=sys.stderr)
+        try:
+            df = write_results(_carried(grid, exp_dir), exp_dir, name)
+        except ResultsWriteError as e:  # e.g. the disk is full: the files there before are unchanged
+            print(f"error: {e}; the trials' own directories and the Tune state are kept: free space, then "
+                  f"`run_search.py resume {exp_dir}`", file=sys.stderr)
+            return EXIT_INFRA
+        code = summarize(df, exp_dir, time.time() - t0)
+        if term:  # Tune stopped gracefully on SIGTERM: the trials in flight kept their latest checkpoints
+            print(f"terminated (SIGTERM): Tune stopped the trials in flight and saved its state; `run_search.py "
+                  f"resume {exp_dir}` runs what did not finish", file=sys.stderr)
+            return code if code == EXIT_INFRA else EXIT_TERMINATED
+        return code
 
 
 def _full(exp_dir: Path) -> str:

@@ -172,3 +172,110 @@ def test_a_ticket_error_is_retried_by_tune_without_redoing_the_ticket_work(ray_l
     assert "tried once more" in capsys.readouterr().out
     assert (trial / "log.txt").read_text().count("runtime:") == 2
     assert pd.read_parquet(exp / "results.parquet")["status"].tolist() == ["TERMINATED"]
+
+
+# ---------------------------------------------------------------------- 3. SIGTERM to a Ray-executor driver
+
+def _ray_procs(ray_tmp: str) -> dict[int, str]:
+    """pid -> title of the live processes of the local Ray whose temp dir is ``ray_tmp``."""
+    from search.ray_leftovers import leftovers
+
+    return leftovers(ray_tmp)
+
+
+def _wait(cond, timeout: float, what: str):
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        got = cond()
+        if got:
+            return got
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _driver(ray_tmp: str, *argv):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_TMPDIR": ray_tmp, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, str(REPO / "run_search.py"), *map(str, argv), "--cpus", "1"], cwd=REPO,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def test_sigterm_to_a_ray_driver_stops_tune_gracefully_writes_the_results_and_exits_143(tmp_path):
+    """The tester's SIGTERM was handled for the local executor only. A real Ray driver (subprocess, smoke model,
+    two trials one at a time): SIGTERM once the first trial reports."""
+    import os
+    import signal
+    import tempfile
+
+    f = _space(tmp_path, "term", variants=[{"method": "omp"}, {"method": "random", "seed": 0}],
+               debug={"sleep_per_step": 1.0})
+    exp = tmp_path / "s" / "term-smoke"
+    ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths must stay < 108 chars
+    proc = _driver(ray_tmp, "run", f, "--smoke", "--storage", tmp_path / "s")
+    try:
+        _wait(lambda: [p for p in exp.glob("*/result.json") if p.stat().st_size], 240, "a trial to report")
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 143, err[-3000:]
+    assert "terminated (SIGTERM)" in err and f"run_search.py resume {exp}" in err
+    df = pd.read_parquet(exp / "results.parquet")  # written on the way out
+    # the trial in flight was stopped part-way (the results read it as EARLY_STOPPED, as after Ctrl-C); the other
+    # never started
+    assert len(df) == 2 and "PENDING" in set(df["status"]) and "ERROR" not in set(df["status"])
+    state = max(exp.glob("experiment_state-*.json"))
+    json.loads(state.read_text())  # Tune saved its whole state: a resume goes on from it
+    # the driver's own local Ray went with it (ray.shutdown at a normal exit)
+    _wait(lambda: not _ray_procs(ray_tmp), 30, "the driver's Ray processes to end")
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+# ------------------------------------------------- 4. what a SIGKILLed driver's local Ray left is stopped at the next start
+
+def test_the_agents_a_sigkilled_ray_driver_left_running_are_stopped_at_the_next_start(tmp_path):
+    """The tester's DashboardAgent and RuntimeEnvAgent alive >= 90 s after a SIGKILLed driver (measured here: alive
+    at 60 s, gone by 90 s). The driver alone is killed, as a user's `kill -9 PID` does; the next start (a resume)
+    stops what its session left before it starts its own Ray."""
+    import os
+    import signal
+    import tempfile
+    import time
+
+    f = _space(tmp_path, "kill", variants=[{"method": "omp"}, {"method": "random", "seed": 0}],
+               debug={"sleep_per_step": 1.0})
+    exp = tmp_path / "s" / "kill-smoke"
+    ray_tmp = tempfile.mkdtemp(prefix="rk", dir="/tmp")
+    a = _driver(ray_tmp, "run", f, "--smoke", "--storage", tmp_path / "s")
+    try:
+        _wait(lambda: [p for p in exp.glob("*/result.json") if p.stat().st_size], 240, "a trial to report")
+        sessions = list(Path(ray_tmp, "ray").glob("session_2*"))
+        assert len(sessions) == 1 and (Path(ray_tmp) / "ray/sparsebert-drivers" / f"{a.pid}.json").is_file()
+        a.kill()  # the driver alone
+        a.communicate(timeout=30)
+        t_kill = time.time()
+        time.sleep(5)
+        left = _ray_procs(str(sessions[0]))
+        assert {"ray::DashboardAgent", "ray::RuntimeEnvAgent"} <= set(left.values()), left
+        b = _driver(ray_tmp, "resume", exp)
+        out, err = b.communicate(timeout=400)
+    finally:
+        for p in (a, locals().get("b")):
+            if p is not None and p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+    assert b.returncode == 0, err[-3000:]
+    assert f"left running by a killed driver (pid {a.pid})" in err and "ray::DashboardAgent" in err
+    assert not any(os.path.exists(f"/proc/{p}") and _ray_procs(str(sessions[0])).get(p) for p in left)
+    assert time.time() - t_kill < 300
+    assert not _ray_procs(ray_tmp)  # the resumed driver's own Ray ended with it, and its record with it
+    assert not list((Path(ray_tmp) / "ray/sparsebert-drivers").glob("*.json"))
+    df = pd.read_parquet(exp / "results.parquet")
+    assert len(df) == 2 and (df["status"] == "TERMINATED").all()
+    shutil.rmtree(ray_tmp, ignore_errors=True)
