@@ -208,7 +208,11 @@ def fit(space, exp_dir, storage, name, store_root, args, restore: bool) -> int:
                       f"({damage}) and {fresh.refused}; {note or kept_note(exp_dir)}", file=sys.stderr)
                 return EXIT_INFRA
             if not fresh.configs:  # every trial finished: the results from their directories are the results
-                return summarize(write_results(_trial_dirs(exp_dir), exp_dir, name), exp_dir, time.time() - t0)
+                try:
+                    return summarize(write_results(_trial_dirs(exp_dir), exp_dir, name), exp_dir, time.time() - t0)
+                except ResultsWriteError as e:
+                    print(f"error: {e}; the trials' own directories are kept", file=sys.stderr)
+                    return EXIT_INFRA
     with sigterm_as_ctrl_c() as term:  # handled like Ctrl-C until the results are written
         guard = FileGuard(exp_dir / TUNER_PKL) if local and fresh is None else None  # never leave it cut short
         try:
