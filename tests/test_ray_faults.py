@@ -206,17 +206,25 @@ def _driver(ray_tmp: str, *argv):
                             start_new_session=True)
 
 
-def test_sigterm_to_a_ray_driver_stops_tune_gracefully_writes_the_results_and_exits_143(tmp_path):
+@pytest.fixture
+def ray_tmp():
+    """A Ray temp dir of the test's own (short: Ray's socket paths must stay < 108 chars), removed afterwards."""
+    import tempfile
+
+    d = tempfile.mkdtemp(prefix="rf", dir="/tmp")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_sigterm_to_a_ray_driver_stops_tune_gracefully_writes_the_results_and_exits_143(tmp_path, ray_tmp):
     """The tester's SIGTERM was handled for the local executor only. A real Ray driver (subprocess, smoke model,
     two trials one at a time): SIGTERM once the first trial reports."""
     import os
     import signal
-    import tempfile
 
     f = _space(tmp_path, "term", variants=[{"method": "omp"}, {"method": "random", "seed": 0}],
                debug={"sleep_per_step": 1.0})
     exp = tmp_path / "s" / "term-smoke"
-    ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths must stay < 108 chars
     proc = _driver(ray_tmp, "run", f, "--smoke", "--storage", tmp_path / "s")
     try:
         _wait(lambda: [p for p in exp.glob("*/result.json") if p.stat().st_size], 240, "a trial to report")
@@ -235,24 +243,21 @@ def test_sigterm_to_a_ray_driver_stops_tune_gracefully_writes_the_results_and_ex
     json.loads(state.read_text())  # Tune saved its whole state: a resume goes on from it
     # the driver's own local Ray went with it (ray.shutdown at a normal exit)
     _wait(lambda: not _ray_procs(ray_tmp), 30, "the driver's Ray processes to end")
-    shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 # ------------------------------------------------- 4. what a SIGKILLed driver's local Ray left is stopped at the next start
 
-def test_the_agents_a_sigkilled_ray_driver_left_running_are_stopped_at_the_next_start(tmp_path):
+def test_the_agents_a_sigkilled_ray_driver_left_running_are_stopped_at_the_next_start(tmp_path, ray_tmp):
     """The tester's DashboardAgent and RuntimeEnvAgent alive >= 90 s after a SIGKILLed driver (measured here: alive
     at 60 s, gone by 90 s). The driver alone is killed, as a user's `kill -9 PID` does; the next start (a resume)
     stops what its session left before it starts its own Ray."""
     import os
     import signal
-    import tempfile
     import time
 
     f = _space(tmp_path, "kill", variants=[{"method": "omp"}, {"method": "random", "seed": 0}],
                debug={"sleep_per_step": 1.0})
     exp = tmp_path / "s" / "kill-smoke"
-    ray_tmp = tempfile.mkdtemp(prefix="rk", dir="/tmp")
     a = _driver(ray_tmp, "run", f, "--smoke", "--storage", tmp_path / "s")
     try:
         _wait(lambda: [p for p in exp.glob("*/result.json") if p.stat().st_size], 240, "a trial to report")
@@ -278,4 +283,3 @@ def test_the_agents_a_sigkilled_ray_driver_left_running_are_stopped_at_the_next_
     assert not list((Path(ray_tmp) / "ray/sparsebert-drivers").glob("*.json"))
     df = pd.read_parquet(exp / "results.parquet")
     assert len(df) == 2 and (df["status"] == "TERMINATED").all()
-    shutil.rmtree(ray_tmp, ignore_errors=True)
