@@ -189,17 +189,20 @@ class FileGuard:
         return True
 
 
-def ray_trial_results(exp_dir: Path) -> list:
+def ray_trial_results(exp_dir: Path, only: set[str] | None = None) -> list:
     """The trials of a Ray Tune experiment read from their own directories (``params.json``, ``result.json``,
-    ``error.txt``), whatever Tune's experiment state says: what is written when that state cannot be used. A trial
-    that reached its last step (or made its ticket) is finished; one with ``error.txt`` failed; any other is
-    unfinished (PENDING: a resume runs it)."""
+    ``error.txt``), whatever Tune's experiment state says: what is written when that state cannot be used. A
+    trial that reached its last step (transfer) or made its ticket (find, evaluate) is finished (a failure Tune
+    retried before is no error then); else one with ``error.txt`` failed; any other is unfinished (PENDING: a
+    resume runs it). ``only``: these trial directory names only. Only a finished trial's result has a
+    ``metrics_dataframe``."""
     import pandas as pd
 
     from .local import LocalResult
 
     out = []
-    for d in sorted(p for p in exp_dir.iterdir() if p.is_dir() and (p / "params.json").is_file()):
+    for d in sorted(p for p in exp_dir.iterdir() if p.is_dir() and (p / "params.json").is_file()
+                    and (only is None or p.name in only)):
         try:
             config = json.loads((d / "params.json").read_text())
         except (OSError, ValueError):
@@ -213,9 +216,12 @@ def ray_trial_results(exp_dir: Path) -> list:
                     pass
         last = dict(rows[-1]) if rows else {}
         total, step = last.get("total_steps"), last.get("step")
-        finished = (total is not None and step is not None and step >= total) or bool(last.get("ticket_path"))
+        if (last.get("stage") or config.get("stage")) == "transfer":  # its ticket_path is in every row
+            finished = total is not None and step is not None and step >= total
+        else:  # a ticket-finding or evaluation trial reports its ticket_path once the ticket is made
+            finished = bool(last.get("ticket_path"))
         error = None
-        if (d / "error.txt").is_file():
+        if (d / "error.txt").is_file() and not finished:
             msg = (d / "error.txt").read_text(errors="replace").strip().splitlines()
             error = RuntimeError(msg[-1] if msg else "the trial failed (error.txt)")
         elif not finished:

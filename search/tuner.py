@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 
 from . import EXIT_INFRA, EXIT_INTERRUPTED
+from .driver import sigterm_as_ctrl_c
+from .local import EXIT_TERMINATED, Terminated
 from .results import summarize, write_results
 from .resume_checks import is_uri
 
@@ -52,8 +54,15 @@ def init_ray(address: str | None, cpus: int | None, gpus: int | None = None) -> 
     import ray._private.ray_constants as ray_constants
 
     ray_constants.ENABLE_RAY_CLUSTER = False
+    from . import ray_leftovers
+
+    ray_leftovers.clean()  # what a SIGKILLed driver's local Ray left running (its agents outlive it by a minute)
     ray.init(num_cpus=cpus or os.cpu_count(), num_gpus=gpus, include_dashboard=False, log_to_driver=True,
              _node_ip_address="127.0.0.1")
+    try:
+        ray_leftovers.register(ray._private.worker._global_node.get_session_dir_path())
+    except Exception:  # noqa: BLE001 -- a private attribute of Ray's: then nothing is recorded
+        pass
 
 
 def shared_inputs(space):
@@ -143,18 +152,27 @@ def checkpoint_config(space):
     return CheckpointConfig(num_to_keep=None if space.tune["scheduler"]["type"] == "pbt" else 1)
 
 
-def build_tuner(space, exp_dir: Path, storage: str, name: str, store_root: Path, shared, max_concurrent):
+def build_tuner(space, exp_dir: Path, storage: str, name: str, store_root: Path, shared, max_concurrent,
+                configs: list[dict] | None = None):
+    """The space's Tuner; with ``configs``, a Tune run of exactly those trial configs (a resume without Tune's
+    state, :mod:`search.rerun`)."""
     from ray import tune
     from ray.tune import FailureConfig, RunConfig
 
     from .tune_space import param_space, scheduler, searcher
 
+    if configs is not None:
+        from .rerun import FixedConfigs
+
+        params, search_alg, n = {}, FixedConfigs(configs), len(configs)
+    else:
+        params, search_alg, n = param_space(space, store_root), searcher(space), space.tune["num_samples"]
     return tune.Tuner(
         trainable(space, shared),
-        param_space=param_space(space, store_root),
+        param_space=params,
         tune_config=tune.TuneConfig(
-            metric=space.metric, mode=space.mode, scheduler=scheduler(space), search_alg=searcher(space),
-            num_samples=space.tune["num_samples"], reuse_actors=True,
+            metric=space.metric, mode=space.mode, scheduler=scheduler(space), search_alg=search_alg,
+            num_samples=n, reuse_actors=True,
             trial_dirname_creator=trial_name, trial_name_creator=trial_name,
             max_concurrent_trials=max_concurrent or space.tune.get("max_concurrent"),
         ),
@@ -176,7 +194,7 @@ def fit(space, exp_dir, storage, name, store_root, args, restore: bool) -> int:
     # the Tune experiment: a local one is the directory itself (resume: where it is now), a URI one <storage>/<name>
     path = f"{storage}/{name}" if is_uri(storage) else str(exp_dir)
     local = not is_uri(storage)
-    rebuild = False
+    rebuild, fresh = False, None  # fresh: the plan of a resume without Tune's state (search/rerun.py)
     if restore and local:
         damage = tune_state_damage(exp_dir)  # named before Ray starts; nothing in it is unpickled here
         if damage and tuner_pkl_damage(exp_dir) and not experiment_state_damage(exp_dir):
@@ -189,49 +207,80 @@ def fit(space, exp_dir, storage, name, store_root, args, restore: bool) -> int:
                   f"{sorted(exp_dir.glob('experiment_state-*.json'))[-1].name}", file=sys.stderr)
             rebuild = True
         elif damage:
-            note = _from_trial_dirs(exp_dir, name)
-            print(f"error: cannot resume {exp_dir}: its Tune state is damaged: {damage}; "
-                  f"{note or kept_note(exp_dir)}", file=sys.stderr)
-            return EXIT_INFRA
-    guard = FileGuard(exp_dir / TUNER_PKL) if local else None  # Tune rewrites it: never leave it cut short
-    try:
-        init_ray(args.address, args.cpus, getattr(args, "gpus", None))
-        shared = None if getattr(args, "no_shared_inputs", False) else shared_inputs(space)
-        if rebuild:
-            build_tuner(space, exp_dir, storage, name, store_root, shared, getattr(args, "max_concurrent", None))
-            guard = FileGuard(exp_dir / TUNER_PKL)
-        if restore:
-            from ray import tune
-
-            try:
-                tuner = tune.Tuner.restore(path, trainable=trainable(space, shared), resume_errored=True)
-            except Exception as e:  # noqa: BLE001 -- a state the checks above could not see is damaged
-                print(f"error: cannot resume {path}: Tune cannot restore its state ({type(e).__name__}: "
-                      f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}){_full(exp_dir)}; "
-                      f"{_kept(exp_dir, name)}", file=sys.stderr)
+            note = _from_trial_dirs(exp_dir, name, hint=False)
+            fresh = _without_state(space, exp_dir, store_root, damage, note)
+            if fresh is None:
+                print(f"error: cannot resume {exp_dir}: its Tune state is damaged: {damage}; "
+                      f"{note or kept_note(exp_dir)}", file=sys.stderr)
                 return EXIT_INFRA
-        else:
-            tuner = build_tuner(space, exp_dir, storage, name, store_root, shared, getattr(args, "max_concurrent", None))
-        grid = tuner.fit()
-    except KeyboardInterrupt:
-        print("\ninterrupted: resume with `run_search.py resume " + str(exp_dir) + "`", file=sys.stderr)
-        _write_partial(storage, name, exp_dir, space)
-        return EXIT_INTERRUPTED
-    except Exception as e:  # Ray could not run the experiment at all (or its state could not be written)
-        print(f"error: {type(e).__name__}: {e}{_full(exp_dir)}; {_kept(exp_dir, name) if local else ''}",
-              file=sys.stderr)
-        return EXIT_INFRA
-    finally:
-        if guard is not None and guard.restore():
-            print(f"note: {exp_dir / TUNER_PKL} was cut short while Tune rewrote it; the good copy is back",
+            if fresh.refused:
+                print(f"error: cannot resume the unfinished trials of {exp_dir}: its Tune state is damaged "
+                      f"({damage}) and {fresh.refused}; {note or kept_note(exp_dir)}", file=sys.stderr)
+                return EXIT_INFRA
+            if not fresh.configs:  # every trial finished: the results from their directories are the results
+                try:
+                    return summarize(write_results(_trial_dirs(exp_dir), exp_dir, name), exp_dir, time.time() - t0)
+                except ResultsWriteError as e:
+                    print(f"error: {e}; the trials' own directories are kept", file=sys.stderr)
+                    return EXIT_INFRA
+    with sigterm_as_ctrl_c() as term:  # handled like Ctrl-C until the results are written
+        guard = FileGuard(exp_dir / TUNER_PKL) if local and fresh is None else None  # never leave it cut short
+        try:
+            init_ray(args.address, args.cpus, getattr(args, "gpus", None))
+            term.arm()  # again: ray.init installs its own SIGTERM handler (a stack dump, then abort)
+            shared = None if getattr(args, "no_shared_inputs", False) else shared_inputs(space)
+            if fresh is not None:
+                from .rerun import set_aside
+
+                aside = set_aside(exp_dir, fresh)
+                print(f"note: the damaged Tune state and the {len(fresh.unfinished)} unfinished trial dir(s) are "
+                      f"in {aside}; a fresh Tune run in {exp_dir} runs {len(fresh.configs)} trial(s)",
+                      file=sys.stderr)
+                tuner = build_tuner(space, exp_dir, storage, name, store_root, shared,
+                                    getattr(args, "max_concurrent", None), configs=fresh.configs)
+            elif restore:
+                from ray import tune
+
+                if rebuild:
+                    build_tuner(space, exp_dir, storage, name, store_root, shared,
+                                getattr(args, "max_concurrent", None))
+                    guard = FileGuard(exp_dir / TUNER_PKL)
+                try:
+                    tuner = tune.Tuner.restore(path, trainable=trainable(space, shared), resume_errored=True)
+                except Exception as e:  # noqa: BLE001 -- a state the checks above could not see is damaged
+                    print(f"error: cannot resume {path}: Tune cannot restore its state ({type(e).__name__}: "
+                          f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}){_full(exp_dir)}; "
+                          f"{_kept(exp_dir, name)}", file=sys.stderr)
+                    return EXIT_INFRA
+            else:
+                tuner = build_tuner(space, exp_dir, storage, name, store_root, shared,
+                                    getattr(args, "max_concurrent", None))
+            grid = tuner.fit()
+        except KeyboardInterrupt as e:  # Ctrl-C twice (Tune's first one stops it gracefully), or before Tune ran
+            print(f"\n{'terminated (SIGTERM)' if isinstance(e, Terminated) else 'interrupted'}: resume with "
+                  f"`run_search.py resume {exp_dir}`", file=sys.stderr)
+            _write_partial(storage, name, exp_dir, space)
+            return EXIT_TERMINATED if isinstance(e, Terminated) else EXIT_INTERRUPTED
+        except Exception as e:  # Ray could not run the experiment at all (or its state could not be written)
+            print(f"error: {type(e).__name__}: {e}{_full(exp_dir)}; {_kept(exp_dir, name) if local else ''}",
                   file=sys.stderr)
-    try:
-        df = write_results(grid, exp_dir, name)
-    except ResultsWriteError as e:  # e.g. the disk is full: the files there before are unchanged
-        print(f"error: {e}; the trials' own directories and the Tune state are kept: free space, then "
-              f"`run_search.py resume {exp_dir}`", file=sys.stderr)
-        return EXIT_INFRA
-    return summarize(df, exp_dir, time.time() - t0)
+            return EXIT_INFRA
+        finally:
+            if guard is not None and guard.restore():
+                print(f"note: {exp_dir / TUNER_PKL} was cut short while Tune rewrote it; the good copy is back",
+                      file=sys.stderr)
+        try:
+            df = write_results(_carried(grid, exp_dir), exp_dir, name)
+        except ResultsWriteError as e:  # e.g. the disk is full: the files there before are unchanged
+            print(f"error: {e}; the trials' own directories and the Tune state are kept: free space, then "
+                  f"`run_search.py resume {exp_dir}`", file=sys.stderr)
+            return EXIT_INFRA
+        code = summarize(df, exp_dir, time.time() - t0)
+        if term:  # Tune stopped gracefully on SIGTERM: the trials in flight kept their latest checkpoints
+            print(f"terminated (SIGTERM): Tune stopped the trials in flight and saved its state; `run_search.py "
+                  f"resume {exp_dir}` runs what did not finish", file=sys.stderr)
+            return code if code == EXIT_INFRA else EXIT_TERMINATED
+        return code
 
 
 def _full(exp_dir: Path) -> str:
@@ -242,7 +291,7 @@ def _full(exp_dir: Path) -> str:
     return f" -- ENOSPC: {why}" if why else ""
 
 
-def _from_trial_dirs(exp_dir: Path, name: str) -> str | None:
+def _from_trial_dirs(exp_dir: Path, name: str, hint: bool = True) -> str | None:
     """Write the results from the trials' own directories (whatever Tune's state says); a sentence on what was
     written, or None when there is no Ray trial directory (or nothing could be written)."""
     from .resume_checks import ray_trial_results
@@ -257,8 +306,8 @@ def _from_trial_dirs(exp_dir: Path, name: str) -> str | None:
         return f"the results could not be written from the {len(found)} trial directories either ({e})"
     done = int((df["status"] == "TERMINATED").sum())
     where = df.attrs.get("results_file") or Path(exp_dir) / "results.parquet"
-    return (f"the results of the {len(found)} trial directories ({done} finished) are in {where}; "
-            f"`run_search.py resume {exp_dir}` runs the rest")
+    return (f"the results of the {len(found)} trial directories ({done} finished) are in {where}"
+            + (f"; `run_search.py resume {exp_dir}` runs the rest" if hint else ""))
 
 
 def _kept(exp_dir: Path, name: str) -> str:
@@ -273,7 +322,44 @@ def _write_partial(storage, name, exp_dir, space) -> None:
 
         path = f"{storage}/{name}" if is_uri(storage) else str(exp_dir)
         grid = tune.Tuner.restore(path, trainable=trainable(space, None)).get_results()
-        write_results(grid, exp_dir, name)
+        write_results(grid if is_uri(storage) else _carried(grid, exp_dir), exp_dir, name)
     except Exception as e:  # the Tune state cannot be read back: the trials' own directories can
         note = None if is_uri(storage) else _from_trial_dirs(Path(exp_dir), name)
         print(note or f"(partial results not written: {e})", file=sys.stderr)
+
+
+def _carried(grid, exp_dir: Path):
+    """``grid`` plus the trials carried over from a Tune state that was lost (``carried_trials.json``)."""
+    if not (Path(exp_dir) / "carried_trials.json").is_file():
+        return grid
+    from .rerun import with_carried
+
+    return with_carried(grid, exp_dir)
+
+
+def _trial_dirs(exp_dir: Path) -> list:
+    from .resume_checks import ray_trial_results
+
+    return ray_trial_results(Path(exp_dir))
+
+
+def _without_state(space, exp_dir: Path, store_root, damage: str, note: str | None):
+    """The plan of a resume that does without the damaged Tune state (:func:`search.rerun.plan`), said on stderr;
+    None when ``exp_dir`` holds no trace of a Ray Tune run (then there is nothing to resume this way)."""
+    from .resume_checks import STATE_GLOB, TUNER_PKL
+
+    traces = [exp_dir / TUNER_PKL, exp_dir / "carried_trials.json", *exp_dir.glob(STATE_GLOB),
+              *exp_dir.glob("*/params.json")]
+    if not any(p.exists() for p in traces):
+        return None
+    from .rerun import plan
+
+    p = plan(space, exp_dir, store_root)
+    if p.refused:
+        return p
+    print(f"note: {damage}; resuming without Tune's state: "
+          f"{note + '; ' if note else ''}{len(p.finished)} finished trial(s) are kept as they are (not run again), "
+          f"{len(p.configs)} trial(s) still to run", file=sys.stderr)
+    for n in p.notes:
+        print(f"note: {n}", file=sys.stderr)
+    return p

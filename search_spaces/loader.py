@@ -166,8 +166,11 @@ def validate(path: Path, raw: dict[str, Any]) -> Space:
         raise _err(path, "resources", f"cpu must be > 0 and gpu >= 0, got {resources}")
     debug = raw.get("debug")
     if debug is not None and (not isinstance(debug, dict) or set(debug) - {"fail_at_step", "once_marker",
-                                                                           "sleep_per_step"}):
-        raise _err(path, "debug", "valid keys: fail_at_step, once_marker, sleep_per_step")
+                                                                           "sleep_per_step", "fail_with"}):
+        raise _err(path, "debug", "valid keys: fail_at_step, once_marker, sleep_per_step, fail_with")
+    fail_with = ("InjectedFailure", "TicketError", "TaskDataError")  # trainables/common.py (fault_injector)
+    if debug and debug.get("fail_with", "InjectedFailure") not in fail_with:
+        raise _err(path, "debug.fail_with", f"one of {', '.join(fail_with)}, got {debug['fail_with']!r}")
     from sparsebert.engine.runtime import RuntimeConfig
 
     try:

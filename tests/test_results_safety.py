@@ -377,7 +377,7 @@ def test_a_damaged_tune_state_never_hides_the_finished_trials_of_a_ray_experimen
     state = next(exp.glob("experiment_state-*.json"))
     whole = state.read_bytes()
     state.write_bytes(whole[: len(whole) // 2])
-    assert _run("resume", exp) == EXIT_INFRA
+    assert _run("resume", exp) == 0  # issue 21 (faults2): every trial finished, so nothing is left to run
     err = capsys.readouterr().err
     assert "is cut short" in err and "1 trial directories (1 finished)" in err
     got = pd.read_parquet(exp / "results.parquet")  # written from the trial's own directory

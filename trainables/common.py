@@ -134,26 +134,108 @@ class InjectedFailure(RuntimeError):
     """Raised on purpose by ``debug.fail_at_step`` (reliability tests and drills)."""
 
 
+def _fail_with(name: str) -> type[Exception]:
+    """``debug.fail_with``: the class an injected failure raises (a deterministic one to drill non-retries)."""
+    from sparsebert.transfer.tasks import TaskDataError
+    from sparsebert.tickets.ticket import TicketError
+
+    return {"InjectedFailure": InjectedFailure, "TicketError": TicketError, "TaskDataError": TaskDataError}[name]
+
+
 def fault_injector(debug: dict[str, Any] | None) -> Callable[[int], None] | None:
     """``debug: {fail_at_step: N, once_marker: PATH}`` in a space makes a trial raise at step N: always, or only
-    the first time when ``once_marker`` is given (the file is created when it fires). For drills and tests of
-    FailureConfig retries; absent in normal spaces."""
+    the first time when ``once_marker`` is given (the file is created when it fires); ``fail_with: TicketError``
+    (or TaskDataError) raises that deterministic error instead of :class:`InjectedFailure`. For drills and tests
+    of FailureConfig retries; absent in normal spaces."""
     if not debug or not ({"fail_at_step", "sleep_per_step"} & debug.keys()):
         return None
     at, marker = int(debug.get("fail_at_step", -1)), debug.get("once_marker")
     slow = float(debug.get("sleep_per_step", 0))
+    error = _fail_with(debug.get("fail_with", "InjectedFailure"))
 
     def on_step(step: int) -> None:
         if slow:
             time.sleep(slow)
         if at >= 0 and step == at:
             if marker is None:
-                raise InjectedFailure(f"injected failure at step {step}")
+                raise error(f"injected failure at step {step}")
             try:
                 fd = os.open(marker, os.O_CREAT | os.O_EXCL)
             except FileExistsError:
                 return
             os.close(fd)
-            raise InjectedFailure(f"injected failure at step {step} (once)")
+            raise error(f"injected failure at step {step} (once)")
 
     return on_step
+
+
+# ------------------------------------------------------------------------------------- deterministic errors
+
+DETERMINISTIC_ERROR = "deterministic_error.json"
+
+
+def is_deterministic(e: BaseException) -> bool:
+    """An error a retry would only repeat (a ticket that does not fit, a data file refused)."""
+    from sparsebert.transfer.tasks import TaskDataError
+    from sparsebert.tickets.ticket import TicketError
+
+    return isinstance(e, (TicketError, TaskDataError))
+
+
+def _trial_dir(session: Session) -> Path | None:
+    d = getattr(session, "dir", None)  # a DirSession's
+    if d is not None:
+        return Path(d)
+    try:
+        log = session.log_path()
+    except Exception:  # noqa: BLE001 -- outside a trial
+        return None
+    return log.parent if log is not None else None
+
+
+def stop_deterministic_retries(fn: Callable) -> Callable:
+    """A trainable that records a deterministic error (:func:`is_deterministic`) in its trial dir
+    (``deterministic_error.json``) and, when a retry finds that record (Ray Tune's FailureConfig retries every
+    error: it has no per-exception hook), re-raises it at once: no ticket is made, no model loaded, no step run
+    again. The driver removes the records when it starts (``search/driver.py``), so a ``resume`` tries once more
+    (the cause may have been fixed). Without a trial dir on this machine (a URI storage) a retry does the work
+    again."""
+    import functools
+
+    @functools.wraps(fn)
+    def trainable(config: dict[str, Any], shared: Any = None, session: Session | None = None) -> None:
+        import json
+
+        from .session import TuneSession
+
+        session = session or TuneSession()
+        d = _trial_dir(session)
+        record = d / DETERMINISTIC_ERROR if d is not None else None
+        if record is not None and record.is_file():
+            try:
+                rec = json.loads(record.read_text())
+                cls = _fail_with(rec["base"])
+            except (OSError, ValueError, KeyError, TypeError):
+                rec = None
+            if rec is not None:
+                raise cls(f"{rec['message']} [{rec['type']}: not retried, it fails the same way every time; "
+                          f"recorded by the first attempt in {record}, this retry did no work]")
+        try:
+            return fn(config, shared=shared, session=session)
+        except Exception as e:
+            if record is not None and is_deterministic(e):
+                from sparsebert.engine.fsutil import atomic_write
+                from sparsebert.transfer.tasks import TaskDataError
+
+                lines = str(e).strip().splitlines()
+                base = "TaskDataError" if isinstance(e, TaskDataError) else "TicketError"
+                try:
+                    atomic_write(record, json.dumps({"type": type(e).__name__, "base": base,
+                                                     "message": lines[-1] if lines else type(e).__name__}).encode())
+                    log_fn("trial", session.log_path())(
+                        f"{type(e).__name__} is deterministic: a retry re-raises it at once ({record})")
+                except OSError:  # e.g. a full disk: the retries then do the work again
+                    pass
+            raise
+
+    return trainable

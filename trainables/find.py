@@ -8,7 +8,8 @@ from typing import Any
 from sparsebert.tickets.pipeline import SharedText, TicketStore
 from sparsebert.engine.training import CHECKPOINT_FILE
 
-from .common import eval_spec, finder_spec, log_fn, reporter, setup_worker, ticket_columns, trial_runtime
+from .common import (eval_spec, fault_injector, finder_spec, log_fn, reporter, setup_worker, ticket_columns,
+                     trial_runtime)
 from .session import Session, TuneSession
 
 
@@ -22,8 +23,11 @@ def find_trainable(config: dict[str, Any], shared: SharedText | None = None, ses
     base = {"stage": "find", **ticket_columns(spec, None, {}, rt)}
     first = {"startup_s": None}
     to_session = reporter(session, base, config.get("checkpoint_every", 1))
+    inject = fault_injector(config.get("debug"))  # drills: a failure at a mask-training step
 
     def report(metrics, write):
+        if inject is not None and isinstance(metrics.get("step"), int):
+            inject(metrics["step"])
         if first["startup_s"] is None:
             first["startup_s"] = time.perf_counter() - t0
         to_session({**metrics, "startup_s": first["startup_s"]}, write)
