@@ -1,8 +1,9 @@
 """Reading ``results.parquet`` / writing analysis tables, and the cell helpers every analysis module shares.
 
 Statuses come from :mod:`search.results`: TERMINATED (ran to its last step), EARLY_STOPPED (a scheduler such as
-ASHA stopped it before its last step, so its best score is a lower bound), ERROR, PENDING, and Ray's RUNNING /
-PAUSED for a sweep read while it runs.
+ASHA stopped it before its last step, so its best score is a lower bound), ERROR, PENDING, PAUSED (an interrupted
+driver left it part-way: not the scheduler's decision; resume continues it), and Ray's RUNNING for a sweep read while
+it runs.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import EXIT_FAILED, EXIT_INFRA, EXIT_OK
+from . import EXIT_FAILED, EXIT_INFRA, EXIT_INTERRUPTED, EXIT_OK
 from .trial_list import ticket_config
 
 #: per-trial columns taken from the trial's last report (besides every numeric metric as ``metric/<name>``)
@@ -64,11 +64,12 @@ def _one_type_per_config_column(df):
     return df
 
 
-def _trial_configs(result_grid) -> dict:
-    """path -> config of every trial Tune knows (a trial that never reported has no config in its result)."""
+def _trial_states(result_grid) -> dict:
+    """path -> (config, Tune status) of every trial Tune knows (a trial that never reported has no config in its
+    result; the status tells a trial the scheduler stopped from one an interrupted driver left unfinished)."""
     ea = getattr(result_grid, "_experiment_analysis", None)
     try:
-        return {str(t.path): t.config for t in (getattr(ea, "trials", None) or [])}
+        return {str(t.path): (t.config, getattr(t, "status", None)) for t in (getattr(ea, "trials", None) or [])}
     except Exception:  # noqa: BLE001 -- best effort: a private attribute of Tune's
         return {}
 
@@ -80,10 +81,11 @@ def results_frame(result_grid, experiment: str):
     import pandas as pd
 
     rows = []
-    known = _trial_configs(result_grid)
+    known = _trial_states(result_grid)
     for r in result_grid:
         m = dict(r.metrics or {})
-        cfg = r.config or known.get(str(r.path)) or {}
+        known_cfg, tune_status = known.get(str(r.path), (None, None))
+        cfg = r.config or known_cfg or {}
         row = {"trial_id": m.get("trial_id") or (Path(r.path).name if r.path else None), "experiment": experiment,
                "stage": m.get("stage", cfg.get("stage")), "trial_dir": r.path}
         if r.error is not None:
@@ -96,7 +98,10 @@ def results_frame(result_grid, experiment: str):
             # a ticket-finding trial reports its ticket_path only once the ticket is made: without one it was
             # stopped by the scheduler (e.g. ASHA on the KD loss) part-way through mask training
             stopped = stopped or (row["stage"] in ("find", "evaluate") and not m.get("ticket_path"))
-            row["status"], row["error"] = ("EARLY_STOPPED" if stopped else "TERMINATED"), None
+            if stopped and tune_status in ("RUNNING", "PAUSED", "PENDING"):
+                stopped = "PAUSED"  # not the scheduler's decision: the driver was interrupted; resume continues it
+            row["status"] = "PAUSED" if stopped == "PAUSED" else "EARLY_STOPPED" if stopped else "TERMINATED"
+            row["error"] = None
         ticket = ticket_config(cfg)
         for k in TICKET_KEYS:
             row[k] = m.get(k, ticket.get(k))
@@ -253,6 +258,10 @@ def summarize(df, exp_dir: Path, wall: float) -> int:
         if len(cut):
             print(f"== {len(cut)} ticket-finding trial(s) stopped by the scheduler before their ticket was made "
                   "(no ticket); their mask-training state stays in the store's partial/ and resumes if run again")
+    paused = int((df["status"] == "PAUSED").sum()) if n else 0
+    if paused:
+        print(f"== {paused} trial(s) interrupted part-way (PAUSED, not a scheduler's decision): "
+              f"`run_search.py resume {exp_dir}` continues them from their checkpoints")
     failed = df[df["status"] == "ERROR"] if n else df
     for _, row in failed.iterrows():
         print(f"!! trial {row['trial_id']} failed: {row['error']}")
@@ -260,4 +269,4 @@ def summarize(df, exp_dir: Path, wall: float) -> int:
         print(f"!! results.parquet was kept: {df.attrs['kept']}; the experiment state in {exp_dir} may be "
               "damaged (this run's table is in results.partial.parquet)")
         return EXIT_INFRA
-    return EXIT_FAILED if len(failed) else EXIT_OK
+    return EXIT_FAILED if len(failed) else EXIT_INTERRUPTED if paused else EXIT_OK

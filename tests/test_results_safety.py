@@ -407,3 +407,26 @@ def test_a_file_guard_puts_back_a_tuner_pkl_cut_short_while_guarded(tmp_path):
     with FileGuard(pkl):
         pkl.write_bytes(newer)  # a whole new one is kept
     assert pkl.read_bytes() == newer
+
+
+def test_a_trial_an_interrupted_driver_left_unfinished_is_paused_not_stopped_by_the_scheduler(tmp_path):
+    """Both trials stopped at step 2 of 4: the one Tune terminated (ASHA's decision) is EARLY_STOPPED, the one the
+    interrupted driver left RUNNING is PAUSED (resume continues it); a finished one is TERMINATED."""
+    from types import SimpleNamespace
+
+    from search.local import LocalResult
+    from search.results import results_frame
+
+    cfg = {"stage": "transfer", "ticket": {"method": "omp"}, "transfer": {"task": "polarity"}}
+    runs = [("asha", 2, "TERMINATED"), ("cut", 2, "RUNNING"), ("done", 4, "TERMINATED")]
+    results = [LocalResult({"trial_id": n, "training_iteration": 1, "stage": "transfer", "step": step,
+                            "total_steps": 4}, cfg, None, str(tmp_path / n), None) for n, step, _ in runs]
+
+    class Grid(list):
+        _experiment_analysis = SimpleNamespace(trials=[SimpleNamespace(path=str(tmp_path / n), config=cfg, status=s)
+                                                       for n, _, s in runs])
+
+    df = results_frame(Grid(results), "x").set_index("trial_id")
+    assert df.loc["asha", "status"] == "EARLY_STOPPED"
+    assert df.loc["cut", "status"] == "PAUSED"
+    assert df.loc["done", "status"] == "TERMINATED"
