@@ -7,6 +7,25 @@ from pathlib import Path
 from sparsebert.models.loading import tiny_model_dir
 
 
+def run_cli(*argv) -> int:
+    """``run_search.py ARGV...`` in this process: its exit code."""
+    import run_search
+
+    return run_search.main([str(a) for a in argv])
+
+
+def space_file(tmp_path: Path, name: str, base: str = "glue_minilm", **over) -> Path:
+    """A shipped space (``base``) with top-level keys replaced, written as ``tmp_path/name.yaml``."""
+    import yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    space = yaml.safe_load((repo / "search_spaces" / f"{base}.yaml").read_text())
+    space.update(over)
+    f = tmp_path / f"{name}.yaml"
+    f.write_text(yaml.safe_dump(space))
+    return f
+
+
 def tiny_dir(tmp_path_factory, model_type: str = "bert", **kw) -> Path:
     return tiny_model_dir(tmp_path_factory.mktemp(f"tiny-{model_type}"), model_type, **kw)
 

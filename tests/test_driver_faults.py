@@ -16,22 +16,13 @@ import pandas as pd
 import pytest
 import yaml
 
-import run_search
 from conftest import REPO
+from helpers import run_cli, space_file
 from search import EXIT_BAD_INPUT
 from search.driver import driver_lock
 
 
-def _run(*argv) -> int:
-    return run_search.main([str(a) for a in argv])
-
-
-def _space(tmp_path: Path, name: str, **over) -> Path:
-    space = yaml.safe_load((REPO / "search_spaces/glue_minilm.yaml").read_text())
-    space.update(over)
-    f = tmp_path / f"{name}.yaml"
-    f.write_text(yaml.safe_dump(space))
-    return f
+_run, _space = run_cli, space_file
 
 
 # ---- one experiment, one driver ----------------------------------------------------------------------------------

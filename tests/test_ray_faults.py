@@ -12,23 +12,14 @@ import pandas as pd
 import pytest
 import yaml
 
-import run_search
 from conftest import REPO
+from helpers import run_cli, space_file
 from search import EXIT_INFRA
 
 pytestmark = pytest.mark.slow
 
 
-def _run(*argv) -> int:
-    return run_search.main([str(a) for a in argv])
-
-
-def _space(tmp_path: Path, name: str, **over) -> Path:
-    space = yaml.safe_load((REPO / "search_spaces/glue_minilm.yaml").read_text())
-    space.update(over)
-    f = tmp_path / f"{name}.yaml"
-    f.write_text(yaml.safe_dump(space))
-    return f
+_run, _space = run_cli, space_file
 
 
 def _trial_dirs(exp: Path) -> dict[str, Path]:
@@ -114,6 +105,7 @@ def test_a_damaged_pbt_state_is_refused_with_the_reason(three, tmp_path, capsys)
     meta = json.loads((exp / "space.json").read_text())
     meta["space"]["raw"]["tune"]["scheduler"] = {"type": "pbt", "perturbation_interval": 2,
                                                  "hyperparam_mutations": {"transfer.lr": [1e-4, 2e-4]}}
+    meta["space"]["raw"]["checkpoint_every"] = 1  # what the loader asks of a PBT space
     (exp / "space.json").write_text(json.dumps(meta))
     state = next(exp.glob("experiment_state-*.json"))
     state.write_bytes(state.read_bytes()[:100])
