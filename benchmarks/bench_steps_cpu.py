@@ -1,7 +1,7 @@
 """Issue 23 on the CPU: what a training step costs the host, and how many batch shapes an epoch brings.
 
 1. Steps of a tiny model with MiniLM's layout (6 layers, BERT vocabulary, hidden 32) at batch 4 x 16, where compute
-   is negligible and a step's time is dispatch and Python: aten ops (profiler events, all levels) and median ms per
+   is negligible and a step's time is dispatch and Python: aten ops (counted by a TorchDispatchMode: one per kernel-level op) and median ms per
    step for a plain Hugging Face loop (AdamW foreach) and the project's fine-tuning step through ``train()``: dense,
    masked (a 0.5 ticket as parametrizations, the earlier path) and baked (the ticket's zeros in the weights, pruned
    gradients zeroed by one foreach multiply), eager and compiled (``torch.compile``, inductor on the CPU: compile
@@ -33,6 +33,9 @@ import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from readme_section import Recorder  # noqa: E402
 
 from sparsebert.transfer.finetune import FineTune, FinetuneConfig  # noqa: E402
 from sparsebert.models.loading import load_tokenizer, tiny_model_dir  # noqa: E402
@@ -42,6 +45,7 @@ from sparsebert.transfer.task_tensors import TaskTensors, shape_count  # noqa: E
 from sparsebert.engine.training import TrainConfig, train  # noqa: E402
 
 BATCH, SEQ = 4, 16
+say = Recorder()  # print, kept for --md
 
 
 def write(out: str | None, result: dict) -> None:
@@ -53,12 +57,20 @@ def write(out: str | None, result: dict) -> None:
 
 
 def count_aten(run) -> int:
-    """aten:: events the profiler sees while ``run()`` executes (all nesting levels)."""
-    from torch.profiler import ProfilerActivity, profile
+    """aten ops dispatched while ``run()`` executes, counted by a TorchDispatchMode as each reaches the kernel level:
+    on a GPU each is (at least) one launch. The count the issue's table was made with."""
+    from torch.utils._python_dispatch import TorchDispatchMode
 
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.n += 1
+            return func(*args, **(kwargs or {}))
+
+    with Count():
         run()
-    return sum(1 for e in prof.events() if e.name.startswith("aten::"))
+    return Count.n
 
 
 def fixed_data(n: int, labels: torch.Tensor) -> TaskTensors:
@@ -97,7 +109,7 @@ def plain_loop(model_dir: str, compiled: bool, steps: int, warmup: int) -> dict:
         t = time.perf_counter()
         step(warmup + i)
         stamps.append(time.perf_counter() - t)
-    ops = (count_aten(lambda: [step(i) for i in range(6)]) - count_aten(lambda: step(0))) // 5
+    ops = None if compiled else (count_aten(lambda: [step(i) for i in range(6)]) - count_aten(lambda: step(0))) // 5
     return {"ms": 1000 * sorted(stamps)[len(stamps) // 2], "aten_ops": ops, "first_step_s": first}
 
 
@@ -127,7 +139,7 @@ def project_step(model_dir: str, tok, glue: str, mask: str | None, compiled: boo
     def run(n: int):  # aten ops of n steps through train(); the per-step count is the difference 6 - 1
         return lambda: train(ft, TrainConfig(steps=n, lr=2e-5, eval_every=0, log_every=0), log=lambda m: None)
 
-    ops = (count_aten(run(6)) - count_aten(run(1))) // 5
+    ops = None if compiled else (count_aten(run(6)) - count_aten(run(1))) // 5  # inductor kernels are no aten ops
     return {"ms": 1000 * d[len(d) // 2], "aten_ops": ops, "first_step_s": first}
 
 
@@ -145,7 +157,8 @@ def bench_steps(args, result: dict) -> None:
                 mask = {"project dense": None, "project masked": "parametrized", "project baked": "baked"}[name]
                 r = project_step(model_dir, tok, args.glue, mask, compiled, args.steps, args.warmup)
             rows.append({"step": name, "compiled": compiled, **r})
-            print(f"{name:<16}{'compiled' if compiled else 'eager':<10}{r['aten_ops']:>8} aten ops"
+            ops = "n/a" if r["aten_ops"] is None else r["aten_ops"]
+            say(f"{name:<16}{'compiled' if compiled else 'eager':<10}{ops:>8} aten ops"
                   f"{r['ms']:>9.2f} ms/step  (first step {r['first_step_s']:.1f} s)", flush=True)
             write(args.out, result)
             torch._dynamo.reset()
@@ -161,19 +174,21 @@ def bench_shapes(args, result: dict) -> None:
         before = shape_count(data, 32)
         after = shape_count(data, 32, multiple=32, fill_last=True)
         out[task] = {"rows": len(data), "batches": -(-len(data) // 32), "before": before, "after": after}
-        print(f"{task}: {len(data)} rows, {out[task]['batches']} batches/epoch: {before} distinct batch shapes "
+        say(f"{task}: {len(data)} rows, {out[task]['batches']} batches/epoch: {before} distinct batch shapes "
               f"with dynamic padding, {after} with static shapes (multiples of 32, last batch filled)", flush=True)
         write(args.out, result)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--glue", default=os.environ.get("SPARSEBERT_GLUE", "/work/shared/data/glue"))
+    ap.add_argument("--glue", default=os.environ.get("SPARSEBERT_GLUE", str(REPO.parent / "shared/data/glue")),
+                    help="the GLUE TSV folder (default: ../shared/data/glue)")
     ap.add_argument("--steps", type=int, default=30, help="timed steps per variant (median)")
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--only", default="steps,shapes")
     ap.add_argument("--no-compile", action="store_true", help="skip the compiled variants (slow to compile here)")
     ap.add_argument("--out", default=None, help="JSON results, rewritten after each part")
+    ap.add_argument("--md", default=None, help="the printed table with where it ran (for readme_section.py)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     result = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, 1 torch thread",
@@ -185,6 +200,7 @@ def main() -> None:
     if "shapes" in parts:
         bench_shapes(args, result)
     write(args.out, result)
+    say.write(args.md, "the CPU, one torch thread")
 
 
 if __name__ == "__main__":
