@@ -8,6 +8,7 @@ naming the file, which the commands report as an infrastructure error (exit 3)."
 from __future__ import annotations
 
 import errno
+import json
 import os
 import sys
 from pathlib import Path
@@ -74,6 +75,24 @@ def _trial_states(result_grid) -> dict:
         return {}
 
 
+def _saved_statuses(exp_dirs) -> dict[str, str]:
+    """trial_id -> status in the newest saved Tune state of each experiment dir: after a graceful stop (a first
+    Ctrl-C or SIGTERM) Tune's live trials read TERMINATED, while the saved state, which a resume starts from, keeps
+    the unfinished ones RUNNING. Empty where there is no readable state (the local executor, a damaged file)."""
+    out: dict[str, str] = {}
+    for d in exp_dirs:
+        states = sorted(Path(d).glob("experiment_state-*.json"))
+        if not states:
+            continue
+        try:
+            for entry in json.loads(states[-1].read_text()).get("trial_data", []):
+                t = json.loads(entry[0]) if isinstance(entry, list) else entry
+                out[str(t["trial_id"])] = str(t.get("status"))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return out
+
+
 def results_frame(result_grid, experiment: str):
     """One row per trial: config (every value, as ``config/...`` columns), final and best metrics, ticket path,
     status and error."""
@@ -82,9 +101,11 @@ def results_frame(result_grid, experiment: str):
 
     rows = []
     known = _trial_states(result_grid)
+    saved = _saved_statuses({Path(str(r.path)).parent for r in result_grid if getattr(r, "path", None)})
     for r in result_grid:
         m = dict(r.metrics or {})
         known_cfg, tune_status = known.get(str(r.path), (None, None))
+        tune_status = saved.get(str(m.get("trial_id")), tune_status)  # the state a resume starts from
         cfg = r.config or known_cfg or {}
         row = {"trial_id": m.get("trial_id") or (Path(r.path).name if r.path else None), "experiment": experiment,
                "stage": m.get("stage", cfg.get("stage")), "trial_dir": r.path}

@@ -410,8 +410,9 @@ def test_a_file_guard_puts_back_a_tuner_pkl_cut_short_while_guarded(tmp_path):
 
 
 def test_a_trial_an_interrupted_driver_left_unfinished_is_paused_not_stopped_by_the_scheduler(tmp_path):
-    """Both trials stopped at step 2 of 4: the one Tune terminated (ASHA's decision) is EARLY_STOPPED, the one the
-    interrupted driver left RUNNING is PAUSED (resume continues it); a finished one is TERMINATED."""
+    """Both trials stopped at step 2 of 4, and after a graceful stop Tune's live trials all read TERMINATED (measured
+    with a real SIGINT): the saved state, which a resume starts from, tells them apart. ASHA's stop is saved as
+    TERMINATED (EARLY_STOPPED in the results), the interrupted trial as RUNNING (PAUSED: resume continues it)."""
     from types import SimpleNamespace
 
     from search.local import LocalResult
@@ -419,12 +420,14 @@ def test_a_trial_an_interrupted_driver_left_unfinished_is_paused_not_stopped_by_
 
     cfg = {"stage": "transfer", "ticket": {"method": "omp"}, "transfer": {"task": "polarity"}}
     runs = [("asha", 2, "TERMINATED"), ("cut", 2, "RUNNING"), ("done", 4, "TERMINATED")]
+    (tmp_path / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps(
+        {"trial_data": [[json.dumps({"trial_id": n, "status": s}), "{}"] for n, _, s in runs]}))
     results = [LocalResult({"trial_id": n, "training_iteration": 1, "stage": "transfer", "step": step,
                             "total_steps": 4}, cfg, None, str(tmp_path / n), None) for n, step, _ in runs]
 
-    class Grid(list):
-        _experiment_analysis = SimpleNamespace(trials=[SimpleNamespace(path=str(tmp_path / n), config=cfg, status=s)
-                                                       for n, _, s in runs])
+    class Grid(list):  # what fit() returns after a first Ctrl-C: every live trial TERMINATED
+        _experiment_analysis = SimpleNamespace(trials=[SimpleNamespace(path=str(tmp_path / n), config=cfg,
+                                                                       status="TERMINATED") for n, _, _ in runs])
 
     df = results_frame(Grid(results), "x").set_index("trial_id")
     assert df.loc["asha", "status"] == "EARLY_STOPPED"
