@@ -49,3 +49,12 @@ def test_the_space_key_reference_is_generated_and_current():
 
     assert {k for k, _, _ in _top_keys()} == set(TOP_KEYS)  # the loader's table documents every top-level key
     assert (REPO / "docs" / "spaces.md").read_text() == render(), "run: python -m search_spaces.reference > docs/spaces.md"
+
+
+def test_the_space_the_readme_explains_is_valid(tmp_path):
+    from search_spaces.loader import load_space
+
+    block = README.split("```yaml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "readme_space.yaml").write_text(block)
+    space = load_space(tmp_path / "readme_space.yaml")
+    assert space.stage == "transfer" and len(space.variants) == 3
