@@ -153,16 +153,34 @@ def disk_full(path: Path, probe: int = 1 << 16) -> str | None:
 
 
 class FileGuard:
-    """Keep a good small file good: its bytes are read at the start, and a file that is then cut short (Tune
-    rewriting ``tuner.pkl`` on a full disk leaves 0 bytes) is put back when the guard ends."""
+    """Keep a good small file good while Tune may rewrite it (``tuner.pkl``: Ray's rewrite on a full disk opens it,
+    truncating it, and writes nothing). :meth:`detach` renames the good file aside (``.<name>.kept``: a rename needs
+    no free space) so that a rewrite makes a new file; :meth:`restore` keeps a whole new one, or renames the good one
+    back. A crash in between leaves the kept copy, which :meth:`recover` (and every guard) puts back first."""
 
     def __init__(self, path: Path, check=lambda data: _pickle_complete(data)):
         self.path, self.check = Path(path), check
+        self.keep = self.path.with_name(f".{self.path.name}.kept")
+        self.detached = False
+        self.recover(self.path, check)
         try:
             data = self.path.read_bytes()
         except OSError:
             data = None
         self.good = data if data is not None and check(data) is None else None
+
+    @staticmethod
+    def recover(path: Path, check=lambda data: _pickle_complete(data)) -> bool:
+        """A kept copy a crash left beside ``path`` goes back in place unless ``path`` is whole; True if it did."""
+        path = Path(path)
+        keep = path.with_name(f".{path.name}.kept")
+        if not keep.is_file() or keep.is_symlink():
+            return False
+        if _whole(path, check):
+            keep.unlink(missing_ok=True)
+            return False
+        os.replace(keep, path)
+        return True
 
     def __enter__(self):
         return self
@@ -170,15 +188,25 @@ class FileGuard:
     def __exit__(self, *exc) -> None:
         self.restore()
 
+    def detach(self) -> None:
+        """Before Tune may rewrite the file: move the good one aside."""
+        if self.good is not None and not self.detached:
+            os.replace(self.path, self.keep)
+            self.detached = True
+
     def restore(self) -> bool:
-        """Put the good bytes back if the file is no longer whole; True if it did."""
+        """Put the good file back if the file is no longer whole; True if it did."""
         if self.good is None:
             return False
-        try:
-            if self.check(self.path.read_bytes()) is None:
+        if self.detached:
+            self.detached = False
+            if _whole(self.path, self.check):
+                self.keep.unlink(missing_ok=True)
                 return False
-        except OSError:
-            pass
+            os.replace(self.keep, self.path)  # a rename: works on a full disk
+            return True
+        if _whole(self.path, self.check):
+            return False
         from sparsebert.engine.fsutil import atomic_write
 
         try:
@@ -187,6 +215,13 @@ class FileGuard:
             with open(self.path, "wb") as fh:
                 fh.write(self.good)
         return True
+
+
+def _whole(path: Path, check) -> bool:
+    try:
+        return path.is_file() and check(path.read_bytes()) is None
+    except OSError:
+        return False
 
 
 def ray_trial_results(exp_dir: Path, only: set[str] | None = None) -> list:

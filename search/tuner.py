@@ -195,6 +195,8 @@ def fit(space, exp_dir, storage, name, store_root, args, restore: bool) -> int:
     path = f"{storage}/{name}" if is_uri(storage) else str(exp_dir)
     local = not is_uri(storage)
     rebuild, fresh = False, None  # fresh: the plan of a resume without Tune's state (search/rerun.py)
+    if restore and local and FileGuard.recover(exp_dir / TUNER_PKL):
+        print(f"note: {exp_dir / TUNER_PKL} was put back from the copy a previous run kept", file=sys.stderr)
     if restore and local:
         damage = tune_state_damage(exp_dir)  # named before Ray starts; nothing in it is unpickled here
         if damage and tuner_pkl_damage(exp_dir) and not experiment_state_damage(exp_dir):
@@ -247,6 +249,8 @@ def fit(space, exp_dir, storage, name, store_root, args, restore: bool) -> int:
                     guard = FileGuard(exp_dir / TUNER_PKL)
                 try:
                     tuner = tune.Tuner.restore(path, trainable=trainable(space, shared), resume_errored=True)
+                    if guard is not None:
+                        guard.detach()  # read: now a rewrite by Tune cannot cut the good copy short
                 except Exception as e:  # noqa: BLE001 -- a state the checks above could not see is damaged
                     print(f"error: cannot resume {path}: Tune cannot restore its state ({type(e).__name__}: "
                           f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}){_full(exp_dir)}; "

@@ -409,6 +409,32 @@ def test_a_file_guard_puts_back_a_tuner_pkl_cut_short_while_guarded(tmp_path):
     assert pkl.read_bytes() == newer
 
 
+def test_a_detached_guard_needs_no_space_to_put_back_a_cut_tuner_pkl_and_a_crash_leaves_it_recoverable(tmp_path):
+    """Measured in a clean-clone CI run: Ray's rewrite of tuner.pkl on a full disk left it cut, and putting the good
+    bytes back by writing failed for lack of space. A detached guard renames the good file aside before Tune runs,
+    so both the rewrite and the way back need no free space."""
+    from search.resume_checks import FileGuard
+
+    pkl = tmp_path / "tuner.pkl"
+    good = pickle.dumps({"param_space": {"store": "/s"}, "pad": "x" * 5000})
+    pkl.write_bytes(good)
+    g = FileGuard(pkl)
+    g.detach()
+    assert not pkl.exists() and (tmp_path / ".tuner.pkl.kept").read_bytes() == good
+    with open(pkl, "wb"):  # Tune's rewrite on a full disk: a new file, nothing written
+        pass
+    assert g.restore() and pkl.read_bytes() == good and not (tmp_path / ".tuner.pkl.kept").exists()
+    g = FileGuard(pkl)
+    g.detach()
+    newer = pickle.dumps({"param_space": {"store": "/t"}})
+    pkl.write_bytes(newer)  # a whole rewrite is kept, the aside copy dropped
+    assert not g.restore() and pkl.read_bytes() == newer and not (tmp_path / ".tuner.pkl.kept").exists()
+    g = FileGuard(pkl)
+    g.detach()  # ... and the driver is killed here: no tuner.pkl, the good copy aside
+    assert not pkl.exists()
+    assert FileGuard.recover(pkl) and pkl.read_bytes() == newer
+
+
 def test_a_trial_an_interrupted_driver_left_unfinished_is_paused_not_stopped_by_the_scheduler(tmp_path):
     """Both trials stopped at step 2 of 4, and after a graceful stop Tune's live trials all read TERMINATED (measured
     with a real SIGINT): the saved state, which a resume starts from, tells them apart. ASHA's stop is saved as
