@@ -26,6 +26,19 @@ def space_file(tmp_path: Path, name: str, base: str = "glue_minilm", **over) -> 
     return f
 
 
+def wait_for(cond, timeout: float, what: str, every: float = 0.3):
+    """``cond()``'s first truthy value within ``timeout`` seconds; AssertionError naming ``what`` otherwise."""
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        got = cond()
+        if got:
+            return got
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 def tiny_dir(tmp_path_factory, model_type: str = "bert", **kw) -> Path:
     return tiny_model_dir(tmp_path_factory.mktemp(f"tiny-{model_type}"), model_type, **kw)
 

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from conftest import REPO
-from helpers import run_cli, space_file
+from helpers import run_cli, space_file, wait_for
 from search import EXIT_BAD_INPUT
 from search.driver import driver_lock
 
@@ -75,14 +75,7 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def _wait(cond, timeout: float, what: str):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        got = cond()
-        if got:
-            return got
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
+_wait = wait_for
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from conftest import REPO
-from helpers import run_cli, space_file
+from helpers import run_cli, space_file, wait_for
 from search import EXIT_INFRA
 
 pytestmark = pytest.mark.slow
@@ -176,15 +176,7 @@ def _ray_procs(ray_tmp: str) -> dict[int, str]:
 
 
 def _wait(cond, timeout: float, what: str):
-    import time
-
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        got = cond()
-        if got:
-            return got
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
+    return wait_for(cond, timeout, what, every=0.5)
 
 
 def _driver(ray_tmp: str, *argv):
